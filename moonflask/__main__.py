@@ -1,0 +1,66 @@
+"""``python -m moonflask -d DATA_PATH [-c CONFIG] [-l LOGFILE]``: Moonraker's
+command line.  gevent patches the standard library before anything else is
+imported; the app is served by gevent's WSGI server in this one process."""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from .app import Server, create_app  # noqa: E402
+from .config import ConfigError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Moonraker's options: -d data path, -c config, -l log file, -n no log
+    file, -u unix socket path, -g debug endpoints, -v verbose."""
+    p = argparse.ArgumentParser(prog="moonflask", description="Moonraker-compatible API server")
+    p.add_argument("-d", "--datapath", default=os.environ.get("MOONFLASK_DATA_PATH",
+                                                             "~/printer_data"))
+    p.add_argument("-c", "--configfile", default=None)
+    p.add_argument("-l", "--logfile", default=None)
+    p.add_argument("-n", "--nologfile", action="store_true")
+    p.add_argument("-u", "--unixsocket", default=None)
+    p.add_argument("-g", "--debug", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        server = Server(args.datapath, args.configfile,
+                        "" if args.nologfile else args.logfile, args.debug, args.unixsocket)
+    except ConfigError as err:
+        print(f"moonflask: configuration error: {err}", file=sys.stderr)
+        return 1
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    server.restart_hook = lambda: os.execv(sys.executable,
+                                           [sys.executable, "-m", "moonflask", *sys.argv[1:]])
+    app = create_app(server)
+    http = WSGIServer((server.host, server.port), app, log=None,
+                      error_log=logging.getLogger("moonflask.http"))
+    logging.getLogger(__name__).info("moonflask %s listening on %s:%d (data %s)",
+                                     server.version, server.host, server.port, server.data_path)
+
+    def shutdown() -> None:
+        http.stop(timeout=2)
+        server.stop()
+
+    gevent.signal_handler(signal.SIGTERM, shutdown)
+    gevent.signal_handler(signal.SIGINT, shutdown)
+    http.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

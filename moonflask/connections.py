@@ -1,0 +1,241 @@
+"""Live persistent connections: websockets and unix-socket clients.
+
+Each connection has a bounded outbound queue drained by its own writer
+greenlet, so a slow client never stalls a broadcast; a client whose queue
+overflows is closed (DESIGN.md "Concurrency").  Incoming frames are executed
+in a per-connection pool of greenlets, so a long ``G4 P10000`` does not hold
+up the requests behind it.  Spec: web_api.md "Websocket Connections",
+"Unix Socket Connection", server.md "Identify Connection".
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Iterator
+
+import gevent
+import gevent.pool
+import gevent.queue
+
+from .api import ApiError, UNIX, WEBSOCKET
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_QUEUE_SIZE = 4096      # messages; a client this far behind is closed
+REQUEST_CONCURRENCY = 64        # requests in flight per connection
+CLIENT_TYPES = ("web", "mobile", "desktop", "display", "bot", "agent", "other")
+
+
+class Connection:
+    """A persistent client connection.
+
+    Attributes:
+        uid: the connection id reported by ``server.connection.identify``
+            and ``server.websocket.id`` (an int).
+        transport: ``websocket`` or ``unix``.
+        ip: the peer address (None for the unix socket).
+        user: the authenticated user dict, or None.
+        subscriptions: ``{object_name: [fields] | None}`` as last requested
+            with ``printer.objects.subscribe``.
+        client_name, version, client_type, url: from identify (None before).
+    """
+
+    transport = ""
+
+    def __init__(self, manager: "ConnectionManager", ip: str | None = None,
+                 user: dict | None = None) -> None:
+        self.manager = manager
+        self.server = manager.server
+        self.uid = manager.new_uid()
+        self.ip = ip
+        self.user = user
+        self.subscriptions: dict[str, list[str] | None] = {}
+        self.identified = False
+        self.client_name: str | None = None
+        self.version: str | None = None
+        self.client_type: str | None = None
+        self.url: str | None = None
+        self.closed = False
+        self._queue: gevent.queue.Queue = gevent.queue.Queue(OUTBOUND_QUEUE_SIZE)
+        self._pool = gevent.pool.Pool(REQUEST_CONCURRENCY)
+        self._writer = gevent.spawn(self._write_loop)
+
+    # -- outbound --------------------------------------------------------
+    def send_text(self, text: str) -> None:
+        """Queue one encoded message; closes the connection when its queue
+        is full (the client stopped reading)."""
+        if self.closed:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except gevent.queue.Full:
+            log.warning("connection %s (%s) is not reading: queue full, closing",
+                        self.uid, self.client_name or self.ip)
+            self.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            text = self._queue.get()
+            if text is None:
+                return
+            try:
+                self.write(text)
+            except Exception as err:
+                log.info("connection %s write failed: %s", self.uid, err)
+                self.close()
+                return
+
+    def write(self, text: str) -> None:
+        """Write one message to the peer (subclasses); may block."""
+        raise NotImplementedError
+
+    # -- inbound ---------------------------------------------------------
+    def handle_frame(self, raw: bytes | str) -> None:
+        """Execute one JSON-RPC frame in this connection's pool; the reply is
+        queued.  Blocks the reader when REQUEST_CONCURRENCY are in flight."""
+        self._pool.spawn(self._run_frame, raw)
+
+    def _run_frame(self, raw: bytes | str) -> None:
+        reply = self.server.jsonrpc.dispatch(raw, transport=self.transport, connection=self,
+                                             user=self.user, ip=self.ip)
+        if reply is not None:
+            self.send_text(reply)
+
+    # -- identify --------------------------------------------------------
+    def identify(self, client_name: str, version: str, client_type: str, url: str) -> None:
+        """Record the client's identity (server.connection.identify).
+
+        Raises ApiError 400 when already identified, when ``client_type`` is
+        not one of CLIENT_TYPES, or when an agent of the same name is connected.
+        """
+        if self.identified:
+            raise ApiError(f"Connection already identified", 400)
+        client_type = client_type.lower()
+        if client_type not in CLIENT_TYPES:
+            raise ApiError(f"Invalid Client Type: {client_type}", 400)
+        if client_type == "agent":
+            for other in self.manager.all():
+                if (other is not self and other.client_type == "agent"
+                        and other.client_name == client_name):
+                    raise ApiError(f"Agent '{client_name}' is already connected", 400)
+        self.client_name, self.version = client_name, version
+        self.client_type, self.url = client_type, url
+        self.identified = True
+        self.server.events.emit("connection:identified", self)
+
+    def info(self) -> dict[str, Any]:
+        """``{"connection_id", "client_name", "version", "type", "url"}``."""
+        return {"connection_id": self.uid, "client_name": self.client_name,
+                "version": self.version, "type": self.client_type, "url": self.url}
+
+    # -- lifetime --------------------------------------------------------
+    def close(self) -> None:
+        """Stop the writer, forget subscriptions, drop from the manager."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._queue.put_nowait(None)
+        except gevent.queue.Full:
+            self._writer.kill(block=False)
+        self.manager.remove(self)
+        self.close_transport()
+
+    def close_transport(self) -> None:
+        """Close the underlying socket (subclasses)."""
+
+
+class WebsocketConnection(Connection):
+    """A client of ``/websocket`` (flask-sock / simple-websocket)."""
+
+    transport = WEBSOCKET
+
+    def __init__(self, manager: "ConnectionManager", ws: Any, ip: str | None,
+                 user: dict | None) -> None:
+        self.ws = ws
+        super().__init__(manager, ip, user)
+
+    def write(self, text: str) -> None:
+        self.ws.send(text)
+
+    def close_transport(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+class UnixConnection(Connection):
+    """A client of ``DATA_PATH/comms/moonraker.sock`` (ETX-terminated frames)."""
+
+    transport = UNIX
+
+    def __init__(self, manager: "ConnectionManager", sock: Any) -> None:
+        self.sock = sock
+        super().__init__(manager, None, None)
+
+    def write(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\x03")
+
+    def close_transport(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class ConnectionManager:
+    """All live connections.
+
+    Args:
+        server: the :class:`moonflask.app.Server`.
+        max_websockets: ``[server] max_websocket_connections``.
+    """
+
+    def __init__(self, server: Any, max_websockets: int = 50) -> None:
+        self.server = server
+        self.max_websockets = max_websockets
+        self._conns: dict[int, Connection] = {}
+
+    def new_uid(self) -> int:
+        """A fresh connection id, unique among live connections."""
+        while True:
+            uid = random.randint(10**9, 2**32 - 1)
+            if uid not in self._conns:
+                return uid
+
+    def add(self, conn: Connection) -> None:
+        """Register ``conn`` (its uid was drawn from :meth:`new_uid`)."""
+        self._conns[conn.uid] = conn
+        self.server.events.emit("connection:opened", conn)
+
+    def remove(self, conn: Connection) -> None:
+        """Forget ``conn``; its subscriptions leave the Klippy union."""
+        if self._conns.pop(conn.uid, None) is not None:
+            self.server.events.emit("connection:closed", conn)
+
+    def get(self, uid: int) -> Connection | None:
+        """The live connection with id ``uid``, or None."""
+        return self._conns.get(uid)
+
+    def all(self) -> Iterator[Connection]:
+        """Every live connection (a snapshot)."""
+        return iter(list(self._conns.values()))
+
+    def websocket_count(self) -> int:
+        """The number of open websockets (``server.info`` websocket_count)."""
+        return sum(1 for c in self._conns.values() if c.transport == WEBSOCKET)
+
+    def websocket_limit_reached(self) -> bool:
+        """True when a new websocket would exceed max_websocket_connections."""
+        return self.websocket_count() >= self.max_websockets
+
+    def broadcast(self, text: str) -> None:
+        """Queue an already-encoded message on every connection."""
+        for conn in list(self._conns.values()):
+            conn.send_text(text)
+
+    def close_all(self) -> None:
+        """Close every connection (shutdown / restart)."""
+        for conn in list(self._conns.values()):
+            conn.close()
