@@ -9,6 +9,7 @@ Moonraker's component names.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -38,10 +39,24 @@ log = logging.getLogger(__name__)
 # Core blueprints, always registered.
 CORE_BLUEPRINTS = ("moonflask.blueprints.server", "moonflask.blueprints.printer")
 
-# Optional components: Moonraker's name -> (module, config section that
-# enables it, or None when always loaded).  A module provides
-# ``load_component(server, section) -> object`` and ``blueprint``.
-OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {}
+# Components, in load order: Moonraker's name -> (module, the config section
+# that enables it, or None when always loaded).  A module provides
+# ``load_component(server, section) -> object`` and ``blueprint`` (an
+# ApiBlueprint, or None).  A module not present in this checkout is skipped.
+OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
+    "database": ("moonflask.database_api", None),
+    "file_manager": ("moonflask.files.manager", None),
+    "machine": ("moonflask.machine", None),
+    "proc_stats": ("moonflask.proc_stats", None),
+    "job_state": ("moonflask.job_state", None),
+    "job_queue": ("moonflask.job_queue", None),
+    "history": ("moonflask.history", "history"),
+    "announcements": ("moonflask.announcements", None),
+    "webcam": ("moonflask.webcams", None),
+    "extensions": ("moonflask.extensions", None),
+    "notifier": ("moonflask.notifiers", None),
+    "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
+}
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
 
@@ -111,15 +126,28 @@ class Server:
         for name, (modname, section) in OPTIONAL_COMPONENTS.items():
             if section is not None and not self.config.has_section(section):
                 continue
+            if importlib.util.find_spec(modname) is None:
+                continue
             try:
                 mod = importlib.import_module(modname)
                 cfg = self.config.section(section) if section else None
                 self.components[name] = mod.load_component(self, cfg)
-                register_blueprint(app, self, mod.blueprint)
+                if mod.blueprint is not None:
+                    register_blueprint(app, self, mod.blueprint)
             except (ConfigError, Exception) as err:  # keep serving without it
                 log.exception("component %s failed to load", name)
                 self.failed_components.append(name)
                 self.config.runtime_warnings.append(f"[{section or name}]: {err}")
+
+    def lookup_component(self, name: str, default: Any = ApiError) -> Any:
+        """The loaded component ``name``; without a default a missing one
+        raises ApiError 404 (its endpoints do not exist either)."""
+        comp = self.components.get(name)
+        if comp is None:
+            if default is ApiError:
+                raise ApiError(f"Component {name} not loaded", 404)
+            return default
+        return comp
 
     def component_names(self) -> list[str]:
         """The loaded components, Moonraker's names (``server.info`` components)."""
