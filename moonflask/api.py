@@ -99,7 +99,7 @@ class Args(Mapping):
             return conv(value)
         except (ValueError, TypeError):
             raise ApiError(
-                f"Unable to convert argument [{key}] to {kind.__name__}: value received: {value}",
+                f"Unable to convert argument [{key}] to {kind}: value received: {value}",
                 400) from None
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]

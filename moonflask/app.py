@@ -22,8 +22,9 @@ import flask
 import gevent
 from flask_sock import Sock
 from gevent.server import StreamServer
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import __version__, jsonutil
+from . import MOONRAKER_VERSION, jsonutil
 from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, parse_query_args)
 from .auth import load_authorization
 from .config import ConfigError, ConfigFile
@@ -78,7 +79,7 @@ class Server:
     def __init__(self, data_path: str, config_file: str | None = None,
                  log_file: str | None = None, debug: bool = False,
                  unix_socket: str | None = None) -> None:
-        self.version = f"v{__version__}-moonflask"
+        self.version = MOONRAKER_VERSION
         self.started = time.time()
         self.debug = debug
         self.data_path = os.path.abspath(os.path.expanduser(data_path))
@@ -99,6 +100,9 @@ class Server:
             "klippy_uds_address", os.path.join(self.data_path, "comms", "klippy.sock")))
         self.max_upload_size = srv.getint("max_upload_size", 1024) * 1024 * 1024
         verbose = srv.getboolean("enable_debug_logging", False)
+        self.use_xheaders = srv.getboolean("use_xheaders", False)
+        prefix = srv.get("route_prefix", None)
+        self.route_prefix = "/" + prefix.strip("/") if prefix and prefix.strip("/") else ""
         max_ws = srv.getint("max_websocket_connections", 50, minval=1)
         self.logs = LogManager(log_file or None, verbose or debug)
         self.unix_socket_path = unix_socket or os.path.join(self.data_path, "comms",
@@ -303,25 +307,51 @@ def create_app(server: Server | None = None, start: bool = True) -> flask.Flask:
     server.load_optional_components(app)
     _install_transports(app, server)
     server.auth.install(app)
+    if server.use_xheaders:  # behind nginx: the client address comes from X-Forwarded-For
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore
+    if server.route_prefix:
+        app.wsgi_app = _PrefixMiddleware(app.wsgi_app, server.route_prefix)  # type: ignore
     if start:
         server.start()
     return app
+
+
+class _PrefixMiddleware:
+    """Serve the API under ``[server] route_prefix`` (``/printer1/server/info``)."""
+
+    def __init__(self, wsgi_app: Any, prefix: str) -> None:
+        self.wsgi_app = wsgi_app
+        self.prefix = prefix
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            environ["PATH_INFO"] = path[len(self.prefix):] or "/"
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.prefix
+        return self.wsgi_app(environ, start_response)
 
 
 def _install_transports(app: flask.Flask, server: Server) -> None:
     sock = Sock(app)
 
     @app.before_request
-    def _websocket_limit() -> Any:
-        if flask.request.path == "/websocket" and server.connections.websocket_limit_reached():
+    def _websocket_admission() -> Any:
+        # Decided before the upgrade, so a refusal is a plain HTTP error.
+        if flask.request.path != "/websocket":
+            return None
+        if server.connections.websocket_limit_reached():
             return error_response(503, "Maximum Number of Websocket Connections Reached")
+        try:
+            flask.g.ws_user = server.auth.authenticate_websocket(flask.request)
+        except ApiError as err:
+            return error_response(err.status, err.message)
         return None
 
     @sock.route("/websocket")
     def websocket(ws: Any) -> None:
         request = flask.request
-        user = server.auth.authenticate_websocket(request)
-        conn = WebsocketConnection(server.connections, ws, request.remote_addr, user)
+        conn = WebsocketConnection(server.connections, ws, request.remote_addr,
+                                   flask.g.get("ws_user"))
         server.connections.add(conn)
         try:
             while not conn.closed:
@@ -343,7 +373,9 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
             return error_response(err.status, err.message)
         reply = server.jsonrpc.dispatch(request.get_data(), transport=HTTP, user=user,
                                         ip=request.remote_addr)
-        return flask.Response(reply or "", status=200, mimetype="application/json")
+        if reply is None:  # notifications only: nothing to answer
+            return flask.Response("", status=200)
+        return flask.Response(reply, status=200, mimetype="application/json")
 
     @app.errorhandler(404)
     def not_found(_err: Any) -> flask.Response:

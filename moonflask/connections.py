@@ -22,6 +22,7 @@ from .api import ApiError, UNIX, WEBSOCKET
 log = logging.getLogger(__name__)
 
 OUTBOUND_QUEUE_SIZE = 4096      # messages; a client this far behind is closed
+OUTBOUND_QUEUE_BYTES = 8 << 20  # characters queued (8 MiB); likewise
 REQUEST_CONCURRENCY = 64        # requests in flight per connection
 CLIENT_TYPES = ("web", "mobile", "desktop", "display", "bot", "agent", "other")
 
@@ -56,6 +57,7 @@ class Connection:
         self.client_type: str | None = None
         self.url: str | None = None
         self.closed = False
+        self._queued = 0  # characters waiting in the queue
         self._queue: gevent.queue.Queue = gevent.queue.Queue(OUTBOUND_QUEUE_SIZE)
         self._pool = gevent.pool.Pool(REQUEST_CONCURRENCY)
         self._writer = gevent.spawn(self._write_loop)
@@ -67,7 +69,10 @@ class Connection:
         if self.closed:
             return
         try:
+            if self._queued + len(text) > OUTBOUND_QUEUE_BYTES:
+                raise gevent.queue.Full
             self._queue.put_nowait(text)
+            self._queued += len(text)
         except gevent.queue.Full:
             log.warning("connection %s (%s) is not reading: queue full, closing",
                         self.uid, self.client_name or self.ip)
@@ -78,6 +83,7 @@ class Connection:
             text = self._queue.get()
             if text is None:
                 return
+            self._queued -= len(text)
             try:
                 self.write(text)
             except Exception as err:
@@ -109,7 +115,7 @@ class Connection:
         not one of CLIENT_TYPES, or when an agent of the same name is connected.
         """
         if self.identified:
-            raise ApiError(f"Connection already identified", 400)
+            raise ApiError(f"Connection already identified: {self.info()}", 400)
         client_type = client_type.lower()
         if client_type not in CLIENT_TYPES:
             raise ApiError(f"Invalid Client Type: {client_type}", 400)

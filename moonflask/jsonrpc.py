@@ -29,8 +29,13 @@ def error_reply(code: int, message: str, req_id: Any) -> dict:
 
 
 def api_error_code(status: int) -> int:
-    """The JSON-RPC code for an HTTP status (404 -> -32601, else the status)."""
-    return METHOD_NOT_FOUND if status == 404 else status
+    """The JSON-RPC code for an HTTP status (404 -> -32601, 401 -> -32602 as
+    Moonraker answers "Unauthorized", else the status)."""
+    if status == 404:
+        return METHOD_NOT_FOUND
+    if status == 401:
+        return INVALID_PARAMS
+    return status
 
 
 class Dispatcher:
@@ -82,27 +87,26 @@ class Dispatcher:
         if not isinstance(req, dict):
             return error_reply(INVALID_REQUEST, "Invalid Request", None)
         req_id = req.get("id")
-        has_id = "id" in req
+        has_id = req_id is not None  # "id": null is a notification, as in the reference
         method = req.get("method")
         if req.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return error_reply(INVALID_REQUEST, "Invalid Request", req_id)
         params = req.get("params", {})
-        if params is None:
-            params = {}
-        if isinstance(params, list):
-            reply = error_reply(INVALID_PARAMS, "Invalid params: positional params are "
-                                "not supported, pass an object", req_id)
-            return reply if has_id else None
         if not isinstance(params, dict):
-            return error_reply(INVALID_REQUEST, "Invalid Request", req_id) if has_id else None
+            reply = error_reply(INVALID_PARAMS, "Invalid params: expected an object", req_id)
+            return reply if has_id else None
         found = self.server.registry.lookup(method, transport)
         if found is None:
-            return error_reply(METHOD_NOT_FOUND, "Method not found", req_id) if has_id else None
+            # Answered even without an id (the reference does): nothing is dropped silently.
+            message = "Method not found"
+            if method in self.server.registry.by_rpc:
+                message = f"Method not found for transport {transport.upper()}"
+            return error_reply(METHOD_NOT_FOUND, message, req_id)
         ep, verb = found
         try:
             if connection is not None:
                 user = self.server.auth.check_connection(connection, ep)
-            elif ep.auth:
+            elif ep.auth and transport == "http":   # MQTT / internal callers are trusted
                 self.server.auth.require_user(user, ep)
             result = ep.handler(ApiRequest(Args(params), verb, self.server, transport,
                                            connection, user, ip))

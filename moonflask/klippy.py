@@ -39,6 +39,7 @@ STARTUP_POLL = 0.5
 
 DISCONNECTED, STARTUP, READY, ERROR, SHUTDOWN = (
     "disconnected", "startup", "ready", "error", "shutdown")
+NOT_CONNECTED = "Klippy Host not connected"
 STATUS_METHOD = "process_status_update"
 GCODE_METHOD = "process_gcode_response"
 
@@ -161,7 +162,7 @@ class Klippy:
         self._ready_event.clear()
         pending, self._pending = self._pending, {}
         for res in pending.values():
-            res.set_exception(ApiError("Klippy Disconnected", 503))
+            res.set_exception(ApiError(NOT_CONNECTED, 503))
         log.info("Klippy connection closed (was %s)", was)
         if was != DISCONNECTED:  # announce only connections that got as far as `info`
             self.server.events.emit("klippy:disconnected")
@@ -218,7 +219,7 @@ class Klippy:
         """
         sock = self._sock
         if sock is None:
-            raise ApiError("Klippy Disconnected", 503)
+            raise ApiError(NOT_CONNECTED, 503)
         req_id = next(self._ids)
         res = gevent.event.AsyncResult()
         self._pending[req_id] = res
@@ -228,7 +229,7 @@ class Klippy:
                 sock.sendall(data)
         except OSError:
             self._pending.pop(req_id, None)
-            raise ApiError("Klippy Disconnected", 503) from None
+            raise ApiError(NOT_CONNECTED, 503) from None
         try:
             return res.get(timeout=timeout)
         except gevent.Timeout:
@@ -383,7 +384,7 @@ class Klippy:
         Raises: ApiError 503 when Klippy is disconnected.
         """
         if self._sock is None:
-            raise ApiError("Klippy Disconnected", 503)
+            raise ApiError(NOT_CONNECTED, 503)
         if conn is not None:
             conn.subscriptions = dict(objects)
         with self._sub_lock:

@@ -12,6 +12,12 @@ from ..api import HTTP, ApiBlueprint, ApiError, ApiRequest
 blueprint = ApiBlueprint("printer", __name__, component="klippy_apis")
 
 
+def klippy_endpoint(path: str):
+    """Declare a Klippy-backed endpoint: like the reference, it answers both
+    GET and POST under one JSON-RPC name derived from the path."""
+    return blueprint.endpoint(path, ["GET", "POST"], rpc=path.strip("/").replace("/", "."))
+
+
 def _objects_arg(req: ApiRequest) -> dict[str, list[str] | None]:
     """The ``objects`` argument: a JSON object ``{name: [fields] | null}``;
     over HTTP also the query form ``?toolhead&extruder=target,temperature``."""
@@ -23,7 +29,11 @@ def _objects_arg(req: ApiRequest) -> dict[str, list[str] | None]:
         raw = {k: (v.split(",") if isinstance(v, str) and v else v or None)
                for k, v in raw.items()}
     else:
-        raw = args.get_dict("objects")
+        if "objects" not in args:
+            raise ApiError("Missing Argument [objects]", 400)
+        if not isinstance(args["objects"], dict):
+            raise ApiError("Invalid Argument Type [objects]", 400)
+        raw = args["objects"]
     objects: dict[str, list[str] | None] = {}
     for name, fields in raw.items():
         if isinstance(fields, str):
@@ -36,84 +46,85 @@ def _objects_arg(req: ApiRequest) -> dict[str, list[str] | None]:
     return objects
 
 
-@blueprint.endpoint("/printer/info", ["GET"])
+@klippy_endpoint("/printer/info")
 def printer_info(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Get Klippy host information": Klippy's ``info`` reply."""
     info = req.server.klippy.request("info", {})
     return info
 
 
-@blueprint.endpoint("/printer/emergency_stop", ["POST"])
+@klippy_endpoint("/printer/emergency_stop")
 def emergency_stop(req: ApiRequest) -> str:
     """web_api.md "Emergency Stop"."""
     req.server.klippy.request("emergency_stop")
     return "ok"
 
 
-@blueprint.endpoint("/printer/restart", ["POST"])
+@klippy_endpoint("/printer/restart")
 def restart(req: ApiRequest) -> str:
     """web_api.md "Host Restart"."""
     req.server.klippy.request("gcode/restart")
     return "ok"
 
 
-@blueprint.endpoint("/printer/firmware_restart", ["POST"])
+@klippy_endpoint("/printer/firmware_restart")
 def firmware_restart(req: ApiRequest) -> str:
     """web_api.md "Firmware Restart"."""
     req.server.klippy.request("gcode/firmware_restart")
     return "ok"
 
 
-@blueprint.endpoint("/printer/objects/list", ["GET"])
+@klippy_endpoint("/printer/objects/list")
 def objects_list(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "List available printer objects"."""
     return req.server.klippy.request("objects/list")
 
 
-@blueprint.endpoint("/printer/objects/query", ["GET", "POST"], rpc="printer.objects.query")
+@klippy_endpoint("/printer/objects/query")
 def objects_query(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Query printer object status": ``{"eventtime", "status"}``."""
     return req.server.klippy.request("objects/query", {"objects": _objects_arg(req)})
 
 
-@blueprint.endpoint("/printer/objects/subscribe", ["GET", "POST"],
-                    rpc="printer.objects.subscribe")
+@klippy_endpoint("/printer/objects/subscribe")
 def objects_subscribe(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Subscribe to printer object status".  Over HTTP the
     ``connection_id`` of a live websocket names the subscriber."""
     conn = req.connection
     if req.transport == HTTP:
-        uid = req.args.get_int("connection_id")
-        conn = req.server.connections.get(uid)
+        uid = req.args.get_int("connection_id", None)
+        conn = req.server.connections.get(uid) if uid is not None else None
         if conn is None:
-            raise ApiError(f"No connection associated with ID: {uid}", 404)
+            raise ApiError("No connection associated with subscription request", 400)
     elif conn is None:
         raise ApiError("Subscriptions need a persistent connection", 400)
     return req.server.klippy.subscribe(_objects_arg(req), conn)
 
 
-@blueprint.endpoint("/printer/query_endstops/status", ["GET"])
+@klippy_endpoint("/printer/query_endstops/status")
 def query_endstops(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Query Endstops"."""
     return req.server.klippy.request("query_endstops/status")
 
 
-@blueprint.endpoint("/printer/gcode/script", ["POST"])
+@klippy_endpoint("/printer/gcode/script")
 def gcode_script(req: ApiRequest) -> str:
     """web_api.md "Run a gcode": ``ok`` once Klippy has executed it."""
+    if "script" not in req.args:
+        raise ApiError("Missing Argument [script]", 400)
     script = req.args.get_str("script")
     req.server.data_store.record_command(script)
     req.server.klippy.request("gcode/script", {"script": script})
     return "ok"
 
 
-@blueprint.endpoint("/printer/gcode/help", ["GET"])
+@klippy_endpoint("/printer/gcode/help")
 def gcode_help(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Get GCode Help"."""
     return req.server.klippy.request("gcode/help")
 
 
-@blueprint.endpoint("/printer/print/start", ["POST"])
+@klippy_endpoint("/printer/print/start")
 def print_start(req: ApiRequest) -> str:
     """web_api.md "Print a file": ``SDCARD_PRINT_FILE`` through Klippy."""
     filename = req.args.get_str("filename").lstrip("/")
@@ -124,21 +135,21 @@ def print_start(req: ApiRequest) -> str:
     return "ok"
 
 
-@blueprint.endpoint("/printer/print/pause", ["POST"])
+@klippy_endpoint("/printer/print/pause")
 def print_pause(req: ApiRequest) -> str:
     """web_api.md "Pause a print"."""
     req.server.klippy.request("pause_resume/pause")
     return "ok"
 
 
-@blueprint.endpoint("/printer/print/resume", ["POST"])
+@klippy_endpoint("/printer/print/resume")
 def print_resume(req: ApiRequest) -> str:
     """web_api.md "Resume a print"."""
     req.server.klippy.request("pause_resume/resume")
     return "ok"
 
 
-@blueprint.endpoint("/printer/print/cancel", ["POST"])
+@klippy_endpoint("/printer/print/cancel")
 def print_cancel(req: ApiRequest) -> str:
     """web_api.md "Cancel a print"."""
     req.server.klippy.request("pause_resume/cancel")

@@ -67,9 +67,9 @@ def logs_rollover(req: ApiRequest) -> dict[str, Any]:
             except OSError as err:
                 failed[name] = str(err)
         elif name == "klipper":
-            failed[name] = "Unable to detect Klipper's service, log rollover not possible"
+            failed[name] = "Unable to detect Klipper Service, cannot perform manual rollover"
         else:
-            raise ApiError(f"Invalid application '{name}' for log rollover", 400)
+            raise ApiError(f"Unknown application {name}", 400)
     return {"rolled_over": rolled, "failed": failed}
 
 
