@@ -1,0 +1,96 @@
+"""Issue 2: moonraker.conf parsing — includes, secrets, warnings, server.config."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from moonflask.config import ConfigError, ConfigFile
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def test_includes_secrets_and_warnings(tmp_path):
+    conf = tmp_path / "moonraker.conf"
+    _write(str(tmp_path / "include" / "a.conf"), "[data_store]\ngcode_store_size: 50\n")
+    _write(str(tmp_path / "include" / "b.conf"), "[fake_section]\nx: 1\n")
+    _write(str(tmp_path / "secrets.ini"), "[store]\nsize: 300\n")
+    _write(str(conf), "[server]\nport: 7200\nbogus_option: 1\n"
+           "[secrets]\nsecrets_path: secrets.ini\n"
+           "[include include/*.conf]\n"
+           "[data_store]\ntemperature_store_size: {secrets.store.size}\n")
+    cfg = ConfigFile(str(conf))
+    srv = cfg.section("server")
+    assert srv.getint("port", 7125) == 7200
+    assert srv.get("host", "0.0.0.0") == "0.0.0.0"
+    cfg.section("secrets").get("secrets_path", None)
+    ds = cfg.section("data_store")
+    assert ds.getint("temperature_store_size", 1200) == 300
+    assert ds.getint("gcode_store_size", 1000) == 50
+    assert cfg.parsed["server"] == {"port": 7200, "host": "0.0.0.0"}
+    assert [f["filename"] for f in cfg.files] == ["moonraker.conf", "include/a.conf",
+                                                  "include/b.conf"]
+    assert cfg.files[0]["sections"] == ["server", "secrets", "data_store"]
+    assert cfg.orig()["data_store"] == {"temperature_store_size": "{secrets.store.size}",
+                                        "gcode_store_size": "50"}
+    warnings = cfg.warnings()
+    assert any("'bogus_option' detected in section [server]" in w for w in warnings)
+    assert any("Unparsed config section [fake_section]" in w for w in warnings)
+
+
+@pytest.mark.parametrize("text,option,getter,message", [
+    ("[server]\nport: abc\n", "port", "getint", "Error parsing option 'port'"),
+    ("[server]\nport: 70000\n", "port", "getint", "above the maximum"),
+    ("[server]\nflag: maybe\n", "flag", "getboolean", "not a boolean"),
+    ("[server]\nx: {secrets.nope.key}\n", "x", "get", "Unknown secret"),
+])
+def test_bad_values_are_clear_errors(tmp_path, text, option, getter, message):
+    conf = tmp_path / "moonraker.conf"
+    _write(str(conf), text)
+    section = ConfigFile(str(conf)).section("server")
+    kwargs = {"maxval": 65535} if option == "port" else {}
+    with pytest.raises(ConfigError) as err:
+        getattr(section, getter)(option, **kwargs)
+    assert message in str(err.value)
+
+
+def test_unparsable_file_and_missing_include(tmp_path):
+    conf = tmp_path / "moonraker.conf"
+    _write(str(conf), "no section header\n")
+    with pytest.raises(ConfigError):
+        ConfigFile(str(conf))
+    _write(str(conf), "[include missing.conf]\n")
+    with pytest.raises(ConfigError):
+        ConfigFile(str(conf))
+
+
+def test_server_reports_config_and_warnings(start_server, tmp_root):
+    data = os.path.join(tmp_root, "cfgsrv")
+    _write(os.path.join(data, "config", "extra", "x.conf"), "[data_store]\ngcode_store_size: 5\n")
+    srv = start_server(config="[include extra/*.conf]\n[fake_section]\n",
+                       server_options="bogus_option: 1", data_path=data)
+    info = srv.result("GET", "/server/info")
+    assert any("fake_section" in w for w in info["warnings"])
+    assert any("bogus_option" in w for w in info["warnings"])
+    cfg = srv.result("GET", "/server/config")
+    assert cfg["config"]["data_store"]["gcode_store_size"] == 5
+    assert {"filename": "extra/x.conf", "sections": ["data_store"]} in cfg["files"]
+    assert cfg["orig"]["server"]["bogus_option"] == "1"
+    # The store size applies: only the last 5 entries are kept.
+    for i in range(8):
+        srv.result("POST", "/printer/gcode/script", json={"script": f"M118 n{i}"})
+    store = srv.result("GET", "/server/gcode_store")["gcode_store"]
+    assert len(store) == 5 and store[-1]["message"] == "// n7"
+
+
+def test_bad_config_refuses_to_start(tmp_root, printer):
+    from helpers import Moonflask
+    srv = Moonflask(os.path.join(tmp_root, "badcfg"), printer.socket_path,
+                    server_options="max_websocket_connections: lots")
+    with pytest.raises(RuntimeError) as err:
+        srv.start()
+    assert "max_websocket_connections" in str(err.value)
