@@ -9,6 +9,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
@@ -33,6 +34,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The HTTP listening socket, with TCP_NODELAY (inherited by accepted
+    sockets): gevent's WSGI handler sends headers and body in two writes, and
+    Nagle's algorithm would hold the body back for the client's delayed ACK
+    (40 ms a request)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
     args = parse_args(argv)
@@ -47,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     server.restart_hook = lambda: os.execv(sys.executable,
                                            [sys.executable, "-m", "moonflask", *sys.argv[1:]])
     app = create_app(server)
-    http = WSGIServer((server.host, server.port), app, log=None,
+    http = WSGIServer(listen_socket(server.host, server.port), app, log=None,
                       error_log=logging.getLogger("moonflask.http"))
     logging.getLogger(__name__).info("moonflask %s listening on %s:%d (data %s)",
                                      server.version, server.host, server.port, server.data_path)

@@ -1,0 +1,124 @@
+"""Issue 2 benchmark: moonflask against the reference Moonraker, same printer, same run.
+
+Figures: requests/s of ``GET /server/info`` and ``GET /printer/objects/query?toolhead``
+under 32 concurrent connections (wrk), JSON-RPC calls/s over 8 websockets,
+p99 latency of a ``notify_gcode_response`` delivered to 100 websocket clients,
+and idle RSS.  Run: ``make bench`` or ``python bench/bench_core.py [--seconds N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import selectors
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import requests
+import websocket
+
+from common import Bench, ServerProc, measure_both, report
+
+
+def wrk_rps(url: str, seconds: int, connections: int = 32) -> float:
+    """Requests/s measured by wrk (2 threads, ``connections`` connections)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", url],
+                         capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{url}: {non2xx.group(1)} error responses")
+    return float(match.group(1))
+
+
+def _rpc_worker(ws_url: str, seconds: float, out: "multiprocessing.Queue") -> None:
+    ws = websocket.create_connection(ws_url, skip_utf8_validation=True)
+    count, req_id = 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        req_id += 1
+        ws.send(json.dumps({"jsonrpc": "2.0", "method": "server.info", "id": req_id}))
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("id") == req_id:
+                break
+        count += 1
+    ws.close()
+    out.put(count)
+
+
+def rpc_calls_per_second(srv: ServerProc, seconds: float, sockets: int = 8) -> float:
+    """``server.info`` calls/s over ``sockets`` websockets, one client process each."""
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=_rpc_worker, args=(srv.ws_url, seconds, out))
+             for _ in range(sockets)]
+    for p in procs:
+        p.start()
+    total = sum(out.get(timeout=seconds + 30) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+def notify_latency_p99(srv: ServerProc, rounds: int, clients: int = 100) -> float:
+    """p99 (ms) from sending ``M118 token`` over HTTP to its
+    notify_gcode_response arriving at each of ``clients`` websockets."""
+    sel = selectors.DefaultSelector()
+    conns = []
+    for _ in range(clients):
+        ws = websocket.create_connection(srv.ws_url, skip_utf8_validation=True)
+        conns.append(ws)
+        sel.register(ws.sock, selectors.EVENT_READ, ws)
+    session = requests.Session()
+    latencies: list[float] = []
+    for _ in range(rounds):
+        token = uuid.uuid4().hex
+        waiting = set(range(clients))
+        index = {id(ws): i for i, ws in enumerate(conns)}
+        sent = time.perf_counter()
+        session.post(srv.url + "/printer/gcode/script", json={"script": f"M118 {token}"})
+        deadline = time.monotonic() + 10
+        while waiting and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1):
+                ws = key.data
+                text = ws.recv()
+                if token in text:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                    waiting.discard(index[id(ws)])
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} clients missed a notification")
+    for ws in conns:
+        ws.close()
+    latencies.sort()
+    return latencies[int(len(latencies) * 0.99) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=8, help="duration of each load run")
+    parser.add_argument("--rounds", type=int, default=30, help="notification rounds")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    with Bench() as bench:
+        rss = measure_both(bench, lambda s: s.rss_kib() / 1024)
+        info = measure_both(bench, lambda s: wrk_rps(s.url + "/server/info", args.seconds))
+        query = measure_both(bench, lambda s: wrk_rps(
+            s.url + "/printer/objects/query?toolhead", args.seconds))
+        rpc = measure_both(bench, lambda s: rpc_calls_per_second(s, args.seconds))
+        p99 = measure_both(bench, lambda s: notify_latency_p99(s, args.rounds))
+    report([
+        ("GET /server/info, 32 connections (req/s)", *info, True),
+        ("GET /printer/objects/query?toolhead, 32 conn (req/s)", *query, True),
+        ("JSON-RPC server.info over 8 websockets (calls/s)", *rpc, True),
+        ("notify_gcode_response to 100 websockets, p99 (ms)", *p99, False),
+        ("idle RSS (MiB)", *rss, False),
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

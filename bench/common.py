@@ -1,0 +1,146 @@
+"""Shared benchmark plumbing: start the simulated printer, moonflask and the
+reference Moonraker against it, and print figures side by side.
+
+Each benchmark measures both servers in the same run, one after the other,
+so the ratios are meaningful on a shared, noisy machine.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import sim_printer  # noqa: E402
+from helpers import free_port  # noqa: E402
+
+REFERENCE_PYTHON = os.environ.get("MOONFLASK_REFERENCE_PYTHON",
+                                  os.path.join(REPO, ".reference-venv", "bin", "python"))
+
+
+class ServerProc:
+    """One API server process (moonflask or Moonraker) with its own data path.
+
+    Args:
+        kind: ``moonflask`` or ``moonraker``.
+        root: a folder for its data.
+        klippy_socket: the simulated printer's socket.
+        config: extra moonraker.conf text.
+    """
+
+    def __init__(self, kind: str, root: str, klippy_socket: str, config: str = "") -> None:
+        self.kind = kind
+        self.data = os.path.join(root, kind)
+        for sub in ("config", "logs", "gcodes", "database", "comms"):
+            os.makedirs(os.path.join(self.data, sub), exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/websocket"
+        with open(os.path.join(self.data, "config", "moonraker.conf"), "w") as fh:
+            fh.write(f"[server]\nhost: 127.0.0.1\nport: {self.port}\n"
+                     f"klippy_uds_address: {klippy_socket}\n"
+                     "max_websocket_connections: 300\n"
+                     "[authorization]\ntrusted_clients:\n  127.0.0.0/8\n"
+                     # Offline: Moonraker's feeds would otherwise try DNS.
+                     + ("[announcements]\ndev_mode: True\n" if kind == "moonraker" else "")
+                     + config)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProc":
+        """Start it and wait for klippy_state ready."""
+        log = os.path.join(self.data, "logs", "moonraker.log")
+        if self.kind == "moonflask":
+            cmd = [sys.executable, "-m", "moonflask", "-d", self.data, "-l", log]
+        else:
+            cmd = [REFERENCE_PYTHON, "-m", "moonraker", "-d", self.data, "-l", log]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                info = requests.get(self.url + "/server/info", timeout=1).json()["result"]
+                if info["klippy_state"] == "ready":
+                    return self
+            except (requests.RequestException, KeyError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.kind} did not become ready")
+
+    def rss_kib(self) -> int:
+        """Resident set size of the server process, KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used, seconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Bench:
+    """A simulated printer plus both servers, for the duration of a ``with``."""
+
+    def __init__(self, config: str = "") -> None:
+        self.config = config
+
+    def __enter__(self) -> "Bench":
+        if not os.path.exists(REFERENCE_PYTHON):
+            raise SystemExit(f"reference Moonraker not installed at {REFERENCE_PYTHON}: "
+                             "run `make reference` (scripts/install_reference.sh)")
+        self.root = tempfile.mkdtemp(prefix="mfbench-")
+        gcodes = os.path.join(self.root, "gcodes")
+        self.printer = sim_printer.start(os.path.join(self.root, "klippy"), gcodes)
+        sim_printer.wait_ready(self.printer.socket_path, 60, self.printer)
+        self.servers = {kind: ServerProc(kind, self.root, self.printer.socket_path, self.config)
+                        for kind in ("moonflask", "moonraker")}
+        for srv in self.servers.values():
+            os.rmdir(srv.data + "/gcodes")
+            os.symlink(gcodes, srv.data + "/gcodes")
+            srv.start()
+        time.sleep(3)  # let both settle (start-up scans, first samples)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for srv in self.servers.values():
+            srv.stop()
+        sim_printer.stop(self.printer)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def report(rows: list[tuple[str, float, float, bool]]) -> None:
+    """Print ``(figure, moonflask, moonraker, higher_is_better)`` rows with
+    the moonflask/Moonraker ratio and whether the target is met."""
+    print(f"{'figure':<52}{'moonflask':>12}{'moonraker':>12}{'ratio':>8}  target")
+    for name, ours, ref, higher in rows:
+        ratio = ours / ref if ref else float("inf")
+        ok = ratio >= 1.0 if higher else ratio <= 1.0
+        print(f"{name:<52}{ours:>12.1f}{ref:>12.1f}{ratio:>8.2f}  "
+              f"{'met' if ok else 'MISSED'} ({'>=' if higher else '<='} 1.0)")
+
+
+def measure_both(bench: Bench, fn: Callable[[ServerProc], float]) -> tuple[float, float]:
+    """Run ``fn`` on moonflask then on Moonraker; returns both figures."""
+    return fn(bench.servers["moonflask"]), fn(bench.servers["moonraker"])
