@@ -97,3 +97,20 @@ def test_gunicorn_entry(tmp_root, printer):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_server_restart(tmp_root, printer):
+    srv = Moonflask(os.path.join(tmp_root, "restart"), printer.socket_path).start()
+    try:
+        srv.wait_klippy_state("ready")
+        pid = srv.proc.pid
+        client = srv.ws()
+        assert srv.result("POST", "/server/restart") == "ok"
+        client.closed.wait(10)
+        assert client.closed.is_set()  # every connection is dropped
+        time.sleep(0.5)
+        info = srv.wait_klippy_state("ready", timeout=30)
+        assert info["klippy_connected"] is True
+        assert srv.proc.pid == pid  # re-executed in place, same process id
+    finally:
+        srv.stop()
