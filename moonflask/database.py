@@ -55,6 +55,8 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+import gevent
+import gevent.event
 import lmdb
 
 from . import database_migrate as migrate
@@ -228,6 +230,30 @@ class _Txn:
         self.dropped.add(name)
 
 
+def _run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in gevent's threadpool: the hub keeps serving other
+    greenlets while LMDB fsyncs (the GIL is released during the commit)."""
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+class _WriteJob:
+    """One write waiting for the group commit (internal)."""
+
+    __slots__ = ("fn", "result", "error", "_done")
+
+    def __init__(self, fn: Callable[[_Txn], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._done = gevent.event.Event()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def finish(self) -> None:
+        self._done.set()
+
+
 class Database:
     """The namespaces store.
 
@@ -259,6 +285,8 @@ class Database:
             os.makedirs(self.path, exist_ok=True)
         self._lockf = self._take_lock(exclusive)
         self._wlock = threading.RLock()
+        self._pending: list[_WriteJob] = []
+        self._committing = False
         self._max_dbs = max_dbs
         self._dbis: dict[bytes, Any] = {}
         self._registered: set[str] = set()
@@ -347,40 +375,92 @@ class Database:
         self._open_env()
 
     def _write(self, fn: Callable[[_Txn], Any]) -> Any:
-        """Run ``fn(txn)`` in one write transaction and commit it (durably).
+        """Run ``fn(txn)`` in a write transaction and commit it durably.
+
         ``fn`` must not yield nor have side effects outside the transaction:
-        it is re-run after the map or the sub-database table grows."""
+        it may be re-run after the map or the sub-database table grows.
+
+        Group commit: writes requested while a commit is in flight are
+        gathered and committed together, each in a nested transaction of its
+        own (a failing one is rolled back alone), with one fsync for the
+        batch.  Under gevent the transaction runs in the hub's threadpool, so
+        the fsync does not stall other greenlets; the caller returns once its
+        write is on disk.
+        """
         if self.readonly:
             raise ApiError("Database is read-only", 500)
+        job = _WriteJob(fn)
+        self._pending.append(job)
+        if self._committing:
+            job.wait()
+        else:
+            self._committing = True
+            try:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    self._commit_batch(batch)
+            finally:
+                self._committing = False
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _commit_batch(self, batch: list["_WriteJob"]) -> None:
         with self._wlock:
             for _ in range(64):
-                t = _Txn(self, self._begin(write=True))
-                committed = False
-                try:
-                    result = fn(t)
-                    t.txn.commit()
-                    committed = True
-                except lmdb.MapFullError:
-                    t.txn.abort()
+                outcome = _run_blocking(self._commit_once, batch)
+                if outcome == "map_full":
                     self._grow_map()
-                    continue
-                except lmdb.DbsFullError:
-                    t.txn.abort()
+                elif outcome == "dbs_full":
                     self._grow_dbs()
-                    continue
-                except BaseException:
-                    try:
-                        t.txn.abort()
-                    except lmdb.Error:
-                        pass
+                else:
+                    break
+            else:
+                for job in batch:
+                    job.error = ApiError("Database write failed", 500)
+            for job in batch:
+                job.finish()
+
+    def _commit_once(self, batch: list["_WriteJob"]) -> str:
+        """One attempt at the whole batch (runs in a worker thread under
+        gevent).  Returns ``ok``, ``map_full`` or ``dbs_full``."""
+        parent = self._begin(write=True)
+        opened: dict[bytes, Any] = {}
+        dropped: set[bytes] = set()
+        try:
+            for job in batch:
+                t = _Txn(self, self._env.begin(write=True, parent=parent))
+                t.opened.update(opened)
+                try:
+                    job.result = job.fn(t)
+                    job.error = None
+                    t.txn.commit()
+                except (lmdb.MapFullError, lmdb.DbsFullError):
+                    t.txn.abort()
                     raise
-                finally:
-                    for name in t.dropped:
-                        self._dbis.pop(name, None)
-                    if committed:
-                        self._dbis.update(t.opened)
-                return result
-            raise ApiError("Database write failed", 500)
+                except BaseException as err:  # this write fails alone
+                    t.txn.abort()
+                    job.error = err
+                    continue
+                for name in t.dropped:
+                    opened.pop(name, None)
+                dropped |= t.dropped
+                dropped -= set(t.opened)
+                opened.update(t.opened)
+            parent.commit()
+        except lmdb.MapFullError:
+            parent.abort()
+            return "map_full"
+        except lmdb.DbsFullError:
+            parent.abort()
+            return "dbs_full"
+        except BaseException:
+            parent.abort()
+            raise
+        for name in dropped:
+            self._dbis.pop(name, None)
+        self._dbis.update(opened)
+        return "ok"
 
     def _read_dbi(self, name: bytes) -> Any:
         """The handle of an existing sub-database, or None."""

@@ -520,3 +520,30 @@ def test_many_namespaces_backup(tmp_path):
     with Database(str(tmp_path / "db2"), max_dbs=4) as db:
         db.restore(str(tmp_path / "b.db"))
         assert db.export_all() == data
+
+
+def test_group_commit_isolates_failing_writes(tmp_path):
+    """Concurrent writes share commits; a failing write is rolled back alone."""
+    import gevent
+    from moonflask.api import ApiError
+    db = Database(str(tmp_path / "db"))
+    db.insert_item("ns", "keep", 1)
+    outcomes: dict = {}
+
+    def good(i: int) -> None:
+        outcomes[("good", i)] = db.insert_item("ns", f"item{i}", {"n": i})
+
+    def bad(i: int) -> None:
+        try:
+            db.delete_item("ns", f"missing{i}")
+        except ApiError as err:
+            outcomes[("bad", i)] = err.status
+
+    gevent.joinall([gevent.spawn(good if i % 2 else bad, i) for i in range(60)])
+    assert all(outcomes[("bad", i)] == 404 for i in range(0, 60, 2))
+    assert all(outcomes[("good", i)] == {"n": i} for i in range(1, 60, 2))
+    db.close()
+    db = Database(str(tmp_path / "db"))
+    stored = db.get_item("ns")
+    assert stored["keep"] == 1
+    assert {k for k in stored if k.startswith("item")} == {f"item{i}" for i in range(1, 60, 2)}
