@@ -19,30 +19,25 @@ Public API:
 * ``python -m moonflask.files.metadata -p ROOT -f FILE [--check-objects]
   [-u UFP]`` prints ``{"file": FILE, "metadata": {...}}`` as JSON.
 
-The module uses the standard library only; Pillow is used when importable to
-re-encode thumbnails exactly as Moonraker does (QOI to PNG, the generated
-32x32 thumbnail), and a small pure-python PNG/QOI fallback is used otherwise.
+Thumbnails are decoded and re-encoded with Pillow (a hard dependency), so
+the QOI->PNG conversions and the generated 32x32 PNGs are byte-identical to
+Moonraker's.  Pillow is imported on first use by the image helpers, not at
+module import; everything else uses the standard library only.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import logging
 import math
 import os
 import re
-import struct
 import sys
 import tempfile
 import uuid
-import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-try:  # optional: exact parity with Moonraker's thumbnail re-encoding
-    from PIL import Image as _PILImage  # type: ignore
-except Exception:  # pragma: no cover - depends on the environment
-    _PILImage = None
 
 __all__ = [
     "CHUNK_SIZE", "MetadataError", "extract_metadata", "process_objects",
@@ -855,251 +850,50 @@ def _parse_thumbnails(src: GcodeSource, gcode_path: str) -> Optional[List[Dict[s
     return thumbs
 
 
-# --- image helpers (Pillow when present, else a small pure-python path) ---
+# --- image helpers (Pillow, imported on first use so that a process that
+#     never extracts metadata does not load it) ------------------------------
 
 def _image_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) of a PNG, JPEG or QOI image, or None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data[:4] == b"qoif" and len(data) >= 12:
-        return struct.unpack(">II", data[4:12])
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB,
-                          0xCD, 0xCE, 0xCF):
-                h, w = struct.unpack(">HH", data[i + 5:i + 9])
-                return w, h
-            seg = struct.unpack(">H", data[i + 2:i + 4])[0]
-            i += 2 + seg
-    return None
-
-
-def _thumb_size(w: int, h: int, box: Tuple[int, int] = SMALL_THUMB) -> Tuple[int, int]:
-    """The size Pillow's ``Image.thumbnail(box)`` gives a w x h image."""
-    x, y = box
-    if w <= x and h <= y:
-        return w, h
-    aspect = w / h
-    if x / y >= aspect:
-        cands = (math.floor(y * aspect), math.ceil(y * aspect))
-        x = min((c for c in cands if c > 0), key=lambda n: abs(aspect - n / y), default=1)
-    else:
-        cands = (math.floor(x / aspect), math.ceil(x / aspect))
-        y = min((c for c in cands if c > 0), key=lambda n: abs(aspect - x / n), default=1)
-    return x, y
+    """(width, height) in pixels of an image Pillow can open (PNG, JPEG,
+    QOI, ...), or None when it cannot.  Only the header is parsed."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:
+        return None
 
 
 def _make_small_png(data: bytes, *, lanczos: bool) -> Optional[Tuple[bytes, int, int]]:
-    """A PNG of ``data`` shrunk to fit 32x32 -> (png, width, height), or None."""
-    if _PILImage is not None:
-        import io
-        try:
-            with _PILImage.open(io.BytesIO(data)) as im:
-                if lanczos:
-                    im.thumbnail(SMALL_THUMB, _PILImage.Resampling.LANCZOS)
-                else:
-                    im.thumbnail(SMALL_THUMB)
-                out = io.BytesIO()
-                im.save(out, "PNG")
-                return out.getvalue(), im.width, im.height
-        except Exception as e:
-            log.info("%s", e)
-            return None
-    decoded = _decode_png(data) or _decode_qoi(data)
-    if decoded is None:
+    """``data`` (an image) shrunk with Pillow's ``Image.thumbnail`` to fit
+    :data:`SMALL_THUMB` and saved as PNG -> (png bytes, width, height), or
+    None when the image cannot be read.  ``lanczos`` selects the LANCZOS
+    filter (the UFP path) instead of Pillow's default, as Moonraker does."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if lanczos:
+                im.thumbnail(SMALL_THUMB, Image.Resampling.LANCZOS)
+            else:
+                im.thumbnail(SMALL_THUMB)
+            out = io.BytesIO()
+            im.save(out, "PNG")
+            return out.getvalue(), im.width, im.height
+    except Exception as e:
+        log.info("%s", e)
         return None
-    w, h, channels, pixels = decoded
-    tw, th = _thumb_size(w, h)
-    if (tw, th) != (w, h):
-        pixels = _box_resize(w, h, channels, pixels, tw, th)
-    return _encode_png(tw, th, channels, pixels), tw, th
 
 
 def _qoi_to_png(data: bytes) -> Optional[bytes]:
-    if _PILImage is not None:
-        import io
-        try:
-            with _PILImage.open(io.BytesIO(data)) as im:
-                out = io.BytesIO()
-                im.save(out, "PNG")
-                return out.getvalue()
-        except Exception:
-            return None
-    decoded = _decode_qoi(data)
-    if decoded is None:
-        return None
-    w, h, channels, pixels = decoded
-    return _encode_png(w, h, channels, pixels)
-
-
-def _decode_qoi(data: bytes) -> Optional[Tuple[int, int, int, bytearray]]:
-    if data[:4] != b"qoif" or len(data) < 14:
-        return None
-    w, h, channels = struct.unpack(">IIB", data[4:13])
-    if channels not in (3, 4) or w * h > 4096 * 4096:
-        return None
-    out = bytearray()
-    index = [(0, 0, 0, 0)] * 64
-    r, g, b, a = 0, 0, 0, 255
-    p = 14
-    npx = w * h
-    n = 0
-    end = len(data) - 8
-    while n < npx and p < end:
-        b1 = data[p]
-        p += 1
-        if b1 == 0xFE:
-            r, g, b = data[p], data[p + 1], data[p + 2]
-            p += 3
-        elif b1 == 0xFF:
-            r, g, b, a = data[p], data[p + 1], data[p + 2], data[p + 3]
-            p += 4
-        else:
-            tag = b1 & 0xC0
-            if tag == 0x00:
-                r, g, b, a = index[b1]
-            elif tag == 0x40:
-                r = (r + ((b1 >> 4) & 3) - 2) & 255
-                g = (g + ((b1 >> 2) & 3) - 2) & 255
-                b = (b + (b1 & 3) - 2) & 255
-            elif tag == 0x80:
-                b2 = data[p]
-                p += 1
-                dg = (b1 & 0x3F) - 32
-                r = (r + dg - 8 + ((b2 >> 4) & 15)) & 255
-                g = (g + dg) & 255
-                b = (b + dg - 8 + (b2 & 15)) & 255
-            else:
-                run = (b1 & 0x3F) + 1
-                px = bytes((r, g, b, a)[:channels])
-                out += px * run
-                n += run
-                index[(r * 3 + g * 5 + b * 7 + a * 11) % 64] = (r, g, b, a)
-                continue
-        index[(r * 3 + g * 5 + b * 7 + a * 11) % 64] = (r, g, b, a)
-        out += bytes((r, g, b, a)[:channels])
-        n += 1
-    if n < npx:
-        return None
-    return w, h, channels, out[:npx * channels]
-
-
-def _decode_png(data: bytes) -> Optional[Tuple[int, int, int, bytearray]]:
-    """Decode an 8-bit, non-interlaced PNG to (w, h, channels, pixels)."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    p = 8
-    idat = bytearray()
-    palette = trns = None
-    w = h = depth = ctype = interlace = 0
-    while p + 8 <= len(data):
-        length, tag = struct.unpack(">I4s", data[p:p + 8])
-        body = data[p + 8:p + 8 + length]
-        p += 12 + length
-        if tag == b"IHDR":
-            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-        elif tag == b"PLTE":
-            palette = body
-        elif tag == b"tRNS":
-            trns = body
-        elif tag == b"IDAT":
-            idat += body
-        elif tag == b"IEND":
-            break
-    if depth != 8 or interlace or ctype not in (0, 2, 3, 4, 6) or w * h > 4096 * 4096:
-        return None
-    src_ch = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+    """A QOI image re-encoded as PNG by Pillow, or None when it cannot be read."""
+    from PIL import Image
     try:
-        raw = zlib.decompress(bytes(idat))
-    except zlib.error:
+        with Image.open(io.BytesIO(data)) as im:
+            out = io.BytesIO()
+            im.save(out, "PNG")
+            return out.getvalue()
+    except Exception:
         return None
-    stride = w * src_ch
-    prev = bytearray(stride)
-    rows = bytearray()
-    pos = 0
-    for _ in range(h):
-        ftype = raw[pos]
-        line = bytearray(raw[pos + 1:pos + 1 + stride])
-        pos += 1 + stride
-        bpp = src_ch
-        if ftype == 1:
-            for i in range(bpp, stride):
-                line[i] = (line[i] + line[i - bpp]) & 255
-        elif ftype == 2:
-            for i in range(stride):
-                line[i] = (line[i] + prev[i]) & 255
-        elif ftype == 3:
-            for i in range(stride):
-                left = line[i - bpp] if i >= bpp else 0
-                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 255
-        elif ftype == 4:
-            for i in range(stride):
-                a = line[i - bpp] if i >= bpp else 0
-                b = prev[i]
-                c = prev[i - bpp] if i >= bpp else 0
-                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-                pr = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                line[i] = (line[i] + pr) & 255
-        rows += line
-        prev = line
-    if ctype == 2 or ctype == 6:
-        return w, h, src_ch, rows
-    out = bytearray()
-    if ctype == 0:
-        for v in rows:
-            out += bytes((v, v, v))
-        return w, h, 3, out
-    if ctype == 4:
-        for i in range(0, len(rows), 2):
-            v = rows[i]
-            out += bytes((v, v, v, rows[i + 1]))
-        return w, h, 4, out
-    if palette is None:
-        return None
-    for idx in rows:
-        out += palette[idx * 3:idx * 3 + 3]
-        out.append(trns[idx] if trns is not None and idx < len(trns) else 255)
-    return w, h, 4, out
-
-
-def _box_resize(w: int, h: int, ch: int, px: bytearray, tw: int, th: int) -> bytearray:
-    """Area-average downscale (every source pixel weighted by its overlap)."""
-    out = bytearray()
-    sx, sy = w / tw, h / th
-    for ty in range(th):
-        y0, y1 = ty * sy, (ty + 1) * sy
-        for tx in range(tw):
-            x0, x1 = tx * sx, (tx + 1) * sx
-            acc = [0.0] * ch
-            total = 0.0
-            for yy in range(int(y0), min(h, math.ceil(y1))):
-                wy = min(y1, yy + 1) - max(y0, yy)
-                for xx in range(int(x0), min(w, math.ceil(x1))):
-                    wgt = wy * (min(x1, xx + 1) - max(x0, xx))
-                    base = (yy * w + xx) * ch
-                    for c in range(ch):
-                        acc[c] += px[base + c] * wgt
-                    total += wgt
-            out += bytes(min(255, int(round(v / total))) for v in acc)
-    return out
-
-
-def _encode_png(w: int, h: int, ch: int, px: bytes) -> bytes:
-    ctype = {3: 2, 4: 6}[ch]
-    stride = w * ch
-    raw = b"".join(b"\x00" + bytes(px[y * stride:(y + 1) * stride]) for y in range(h))
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + tag + body
-                + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF))
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------------------
