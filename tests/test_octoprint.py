@@ -1,0 +1,161 @@
+"""OctoPrint emulation: the slicers' upload flows replayed byte for byte over
+a raw socket (PrusaSlicer's libcurl upload with ``Expect: 100-continue``,
+Cura OctoPrint plugin's Qt multipart with a quoted boundary), and the other
+``/api/*`` routes.  Real Klippy, real moonflask."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+SHARED = os.environ.get("MOONFLASK_SHARED", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared"))
+GCODE = os.path.join(SHARED, "gcode")
+SMALL = b"; small\nG28\nG1 X10 Y10 F3000\nM118 printed\n"
+
+
+@pytest.fixture(scope="module")
+def srv(start_server):
+    return start_server(config="[octoprint_compat]\n")
+
+
+def raw_request(srv, head: bytes, body: bytes, expect_continue: bool = False) -> tuple[int, dict, bytes]:
+    """Send ``head`` + ``body`` on a fresh socket; returns (status, headers, body)."""
+    s = socket.create_connection((srv.host, srv.port), timeout=30)
+    s.sendall(head)
+    if expect_continue:
+        s.settimeout(2.0)
+        try:
+            interim = s.recv(4096)
+            assert interim.startswith(b"HTTP/1.1 100"), interim
+        except socket.timeout:
+            pass      # curl sends the body anyway after its wait
+        s.settimeout(30)
+    s.sendall(body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    header_blob, _, rest = data.partition(b"\r\n\r\n")
+    lines = header_blob.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in
+               (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    s.close()
+    return status, headers, rest
+
+
+def prusaslicer_upload(srv, name: str, data: bytes, print_: bool) -> tuple[int, dict, bytes]:
+    """PrusaSlicer 2.5's OctoPrint upload (libcurl mime form), byte for byte."""
+    b = "------------------------3c8ff1b2d4a7e9f0"
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"print\"\r\n\r\n"
+            f"{'true' if print_ else 'false'}\r\n"
+            f"--{b}\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n\r\n"
+            f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + \
+        f"\r\n--{b}--\r\n".encode()
+    head = (f"POST /api/files/local HTTP/1.1\r\nHost: {srv.host}:{srv.port}\r\n"
+            "User-Agent: PrusaSlicer/2.5.0\r\nAccept: */*\r\nX-Api-Key: 0123456789ABCDEF\r\n"
+            f"Content-Length: {len(body)}\r\nContent-Type: multipart/form-data; boundary={b}\r\n"
+            "Expect: 100-continue\r\n\r\n").encode()
+    return raw_request(srv, head, body, expect_continue=True)
+
+
+def cura_upload(srv, name: str, data: bytes, print_: bool) -> tuple[int, dict, bytes]:
+    """Cura OctoPrint plugin's upload (Qt QHttpMultiPart: quoted boundary, no
+    part Content-Type), byte for byte."""
+    b = "boundary_.oOo._MTYzMjQ1Njc4OQ==MTI4NjQ1MjE3"
+    parts = [("select", b"true"), ("print", b"true" if print_ else b"false")]
+    body = b""
+    for key, value in parts:
+        body += (f"--{b}\r\nContent-Disposition: form-data; name=\"{key}\"\r\n\r\n").encode() \
+            + value + b"\r\n"
+    body += (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\""
+             "\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    head = (f"POST /api/files/local HTTP/1.1\r\nHost: {srv.host}:{srv.port}\r\n"
+            "X-Api-Key: 0123456789ABCDEF\r\nUser-Agent: Cura/4.13.0 OctoPrintPlugin/3.7.0\r\n"
+            f"Content-Type: multipart/form-data; boundary=\"{b}\"\r\nMIME-Version: 1.0\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: Keep-Alive\r\n"
+            "Accept-Encoding: gzip, deflate\r\nAccept-Language: en-US,*\r\n\r\n").encode()
+    return raw_request(srv, head, body)
+
+
+def wait_state(srv, states, timeout=20):
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = srv.result("GET", "/printer/objects/query?print_stats")["status"]["print_stats"]["state"]
+        if st in states:
+            return st
+        time.sleep(0.1)
+    raise TimeoutError(st)
+
+
+def test_version_probe_and_stubs(srv):
+    hdr = {"X-Api-Key": "0123456789ABCDEF"}
+    v = srv.get("/api/version", headers=hdr).json()
+    assert v["server"] == "1.5.0" and v["api"] == "0.1" and v["text"].startswith("OctoPrint (")
+    assert srv.get("/api/server", headers=hdr).json() == {"server": "1.5.0", "safemode": None}
+    assert srv.get("/api/login", headers=hdr).status_code == 405
+    login = srv.post("/api/login", headers=hdr, json={"passive": True}).json()
+    assert login["name"] == "_api" and login["admin"] is True
+    st = srv.get("/api/settings", headers=hdr).json()
+    assert st["plugins"]["UltimakerFormatPackage"]["installed"] is True
+    assert srv.get("/api/job", headers=hdr).json()["state"] == "Operational"
+    pr = srv.get("/api/printer", headers=hdr).json()
+    assert set(pr["temperature"]) == {"bed", "tool0"}
+    assert pr["state"]["flags"]["operational"] is True
+    prof = srv.get("/api/printerprofiles", headers=hdr).json()
+    assert prof["profiles"]["_default"]["current"] is True
+    ws = srv.ws()
+    r = srv.post("/api/printer/command", headers=hdr, json={"commands": ["M118 from octo"]})
+    assert r.status_code == 200 and r.json() == {}
+    msg = ws.wait_notification("notify_gcode_response",
+                               predicate=lambda m: "from octo" in m["params"][0])
+    assert msg["params"] == ["// from octo"]
+
+
+def test_prusaslicer_upload_flow(srv):
+    with open(os.path.join(GCODE, "prusaslicer_cube20_0.2mm_pla_labels.gcode"), "rb") as fh:
+        data = fh.read()
+    assert srv.get("/api/version", headers={"X-Api-Key": "0123456789ABCDEF"}).status_code == 200
+    status, headers, body = prusaslicer_upload(srv, "ps_cube.gcode", data, print_=False)
+    assert status == 201, body
+    res = json.loads(body)
+    assert res["item"] == {**res["item"], "path": "ps_cube.gcode", "root": "gcodes",
+                           "size": len(data)}
+    assert res["print_started"] is False
+    with open(os.path.join(srv.data_path, "gcodes", "ps_cube.gcode"), "rb") as fh:
+        assert fh.read() == data
+    md = srv.result("GET", "/server/files/metadata?filename=ps_cube.gcode")
+    assert md["size"] == len(data)
+
+
+def test_prusaslicer_upload_and_print(srv):
+    status, _h, body = prusaslicer_upload(srv, "ps_print.gcode", SMALL, print_=True)
+    assert status == 201 and json.loads(body)["print_started"] is True
+    assert wait_state(srv, ("complete",)) == "complete"
+
+
+def test_cura_upload_flow(srv):
+    hdr = {"X-Api-Key": "0123456789ABCDEF"}
+    for path in ("/api/version", "/api/settings", "/api/printerprofiles", "/api/printer",
+                 "/api/job"):
+        assert srv.get(path, headers=hdr).status_code == 200, path
+    with open(os.path.join(GCODE, "cura_cube20_0.2mm_ender3.gcode"), "rb") as fh:
+        data = fh.read()
+    status, _h, body = cura_upload(srv, "cura_cube.gcode", data, print_=False)
+    assert status == 201, body
+    res = json.loads(body)
+    assert res["item"]["path"] == "cura_cube.gcode" and res["item"]["size"] == len(data)
+    status, _h, body = cura_upload(srv, "cura_print.gcode", SMALL, print_=True)
+    assert status == 201 and json.loads(body)["print_started"] is True
+    assert wait_state(srv, ("complete",)) == "complete"
