@@ -1,10 +1,11 @@
 """Gcode metadata extraction off the gevent hub, and its cache.
 
-:class:`MetadataScanner` keeps ONE long-lived worker process
+:class:`MetadataScanner` runs ONE worker process
 (``python -m moonflask.files.scanner``) that imports
 ``moonflask.files.metadata`` once and serves JSON-lines requests on its
-stdin/stdout, so a scan costs no interpreter start-up and never uses the
-server's CPU thread.  Requests are served by priority (client requests and
+stdin/stdout, so a run of scans pays one interpreter start-up and never
+uses the server's CPU thread.  The worker starts on demand and exits after
+30 s without work, so an idle server holds no second process.  Requests are served by priority (client requests and
 uploads before the background start-up scan); a worker that crashes or
 exceeds the time limit is killed and restarted.
 
@@ -27,6 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SCAN_TIMEOUT = 120.0    # seconds per file before the worker is restarted
+WORKER_IDLE_EXIT = 30.0  # seconds without work before the worker process exits
 PRIO_REQUEST = 0        # uploads, metascan, metadata requests
 PRIO_BACKGROUND = 10    # start-up scan, files changed on disk
 
@@ -94,11 +96,6 @@ class MetadataScanner:
         from ..workers import supervised
         if self._pump is None:
             self._pump = supervised("metadata-scanner", self._run)
-        if self._proc is None:
-            try:
-                self._spawn()   # warm: the first scan pays no interpreter start-up
-            except OSError as err:
-                log.warning("metadata worker did not start: %s", err)
 
     def stop(self) -> None:
         """Stop dispatching and end the worker process."""
@@ -128,8 +125,13 @@ class MetadataScanner:
 
     def _run(self) -> None:
         import gevent
+        import gevent.queue
         while True:
-            _prio, _seq, req, result = self._queue.get()
+            try:
+                _prio, _seq, req, result = self._queue.get(timeout=WORKER_IDLE_EXIT)
+            except gevent.queue.Empty:
+                self._kill_proc()  # idle: give its memory back until the next scan
+                continue
             if result.ready():
                 continue
             proc = self._proc if self._proc is not None and self._proc.poll() is None \
