@@ -30,7 +30,8 @@ from moonflask.files.ufp import unpack_ufp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "data", "metadata")
-CORPUS = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "gcode"))
+CORPUS = os.path.join(os.environ.get("MOONFLASK_SHARED") or
+                      os.path.normpath(os.path.join(HERE, "..", "..", "shared")), "gcode")
 
 
 def _cases():

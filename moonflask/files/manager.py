@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 import flask
 import gevent
 
+from ..config import ConfigError
 from ..api import ALL_TRANSPORTS, HTTP, ApiBlueprint, ApiError, ApiRequest
 from . import uploads
 from .roots import (WRITABLE_ROOTS, Root, clean_relative, file_permissions, is_dir,
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 blueprint = ApiBlueprint("file_manager", __name__, component="file_manager")
 
 SUPPRESS_GRACE = 1.0     # seconds inotify events of our own changes are ignored
-UPLOAD_SCAN_TIMEOUT = 60.0
 NON_HTTP = ALL_TRANSPORTS - {HTTP}
 TEXT_EXTENSIONS = (".gcode", ".g", ".gco", ".nc", ".cfg", ".conf", ".log", ".txt", ".md",
                    ".json", ".yaml", ".yml", ".sh", ".py", ".ini")
@@ -66,15 +66,27 @@ class FileManager:
         server: the Server.
         config: the ``[file_manager]`` section (options
             ``enable_object_processing``, ``queue_gcode_uploads``,
-            ``enable_inotify_warnings``, ``check_klipper_config_path``).
+            ``file_system_observer`` (inotify|none), ``enable_observer_warnings``,
+            ``default_metadata_parser_timeout`` (seconds),
+            ``enable_config_write_access``, ``check_klipper_config_path``).
     """
 
     def __init__(self, server: Any, config: Any) -> None:
         self.server = server
         self.enable_object_processing = config.getboolean("enable_object_processing", False)
         self.queue_gcode_uploads = config.getboolean("queue_gcode_uploads", False)
-        config.getboolean("enable_inotify_warnings", True)
+        observer = config.get("file_system_observer", "inotify").lower()
+        config.getboolean("enable_observer_warnings", True)
+        config.getboolean("enable_inotify_warnings", True)  # the option's former name
+        self.parser_timeout = config.getfloat("default_metadata_parser_timeout", 20.0,
+                                              minval=1.0)
+        config_access = "rw" if config.getboolean("enable_config_write_access", True) else "r"
         self.check_klipper_config_path = config.getboolean("check_klipper_config_path", True)
+        for old in ("config_path", "log_path"):  # superseded by the data path layout
+            if config.get(old, None) is not None:
+                server.config.runtime_warnings.append(
+                    f"[file_manager]: option '{old}' is deprecated and ignored; "
+                    "the roots live in the data path")
         self.roots: dict[str, Root] = {}
         self._list_cache: dict[str, list[dict[str, Any]]] = {}
         self._suppressed: dict[tuple[str, str], float] = {}
@@ -82,13 +94,17 @@ class FileManager:
         self._upload_print_handler: Callable[[str], Any] | None = None
         self._greenlets: list[Any] = []
         self.watcher: Any = None
-        try:
-            from .watcher import FileWatcher
-            self.watcher = FileWatcher(self)
-        except Exception as err:  # no inotify on this system
-            log.warning("inotify unavailable, on-disk changes not tracked: %s", err)
+        if observer not in ("inotify", "none"):
+            raise ConfigError(f"[file_manager] file_system_observer: unknown observer "
+                              f"'{observer}' (inotify or none)")
+        if observer == "inotify":
+            try:
+                from .watcher import FileWatcher
+                self.watcher = FileWatcher(self)
+            except Exception as err:  # no inotify on this system
+                log.warning("inotify unavailable, on-disk changes not tracked: %s", err)
         data = server.data_path
-        self.register_root("config", os.path.join(data, "config"), "rw", notify=False)
+        self.register_root("config", os.path.join(data, "config"), config_access, notify=False)
         self.register_root("logs", os.path.join(data, "logs"), "r", notify=False)
         self.register_root("gcodes", os.path.join(data, "gcodes"), "rw", notify=False)
         self.metadata = MetadataCache(server)
@@ -425,7 +441,7 @@ class FileManager:
             raise ApiError(f"File {rel} does not exist", 404)
         try:
             md = self.scanner.extract(full, root.path, check_objects=check_objects,
-                                      priority=priority, timeout=UPLOAD_SCAN_TIMEOUT)
+                                      priority=priority, timeout=self.parser_timeout)
             if not isinstance(md, dict):
                 raise ScanError("no metadata")
         except (ScanError, gevent.Timeout) as err:
