@@ -1,0 +1,239 @@
+"""Issue 5: announcements from RSS feeds served by a local HTTP server, from
+dev_mode files, and a malicious feed refused."""
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+
+import pytest
+
+from shapes import reference, shape_diff
+
+ITEM = """<item>
+  <title>{title}</title>
+  <link>https://github.com/Arksine/moonlight/issues/{n}</link>
+  <description>{desc}</description>
+  <pubDate>{date}</pubDate>
+  <category>{prio}</category>
+  <guid>arksine/moonlight/issue/{n}</guid>
+</item>"""
+
+
+def rss(*items: str) -> bytes:
+    return ("<?xml version='1.0' encoding='utf-8'?>\n"
+            '<rss version="2.0" xmlns:moonlight="https://arksine.github.io/moonlight">'
+            "<channel><title>arksine/moonlight</title>"
+            "<link>https://github.com/Arksine/moonlight</link>"
+            "<description>RSS Announcements for Moonraker</description>"
+            "<pubDate>Tue, 22 Mar 2022 23:19:04 GMT</pubDate>"
+            + "".join(items) + "</channel></rss>").encode()
+
+
+def item(n: int, prio: str = "normal", date: str = "Wed, 09 Mar 2022 19:37:58 GMT") -> str:
+    return ITEM.format(n=n, title=f"Announcement {n}", desc=f"Description {n} " + "x" * 600,
+                       date=date, prio=prio)
+
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+ <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+ <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+ <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+ <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+ <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<rss version="2.0"><channel><title>&lol9;</title>
+<item><title>&lol9;</title><guid>evil/1</guid><pubDate>Wed, 09 Mar 2022 19:37:58 GMT</pubDate>
+</item></channel></rss>"""
+
+
+class FeedServer:
+    """Serves ``/FEED.xml`` from a dict; unknown feeds are 404; counts hits."""
+
+    def __init__(self) -> None:
+        self.feeds: dict[str, bytes] = {}
+        self.hits: list[str] = []
+        srv = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                name = self.path.strip("/").removesuffix(".xml")
+                srv.hits.append(name)
+                body = srv.feeds.get(name)
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def feeds():
+    fs = FeedServer()
+    fs.feeds["moonraker"] = rss(item(1), item(2, "high", "Wed, 16 Mar 2022 19:33:39 GMT"))
+    fs.feeds["klipper"] = rss()
+    yield fs
+    fs.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def srv(start_server, feeds):
+    os.environ["MOONFLASK_ANNOUNCEMENTS_URL"] = feeds.url + "/{feed}.xml"
+    try:
+        yield start_server(config="[announcements]\nsubscriptions:\n  evil\n")
+    finally:
+        del os.environ["MOONFLASK_ANNOUNCEMENTS_URL"]
+
+
+def wait_entries(srv, count, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = srv.result("GET", "/server/announcements/list")["entries"]
+        if len(entries) == count:
+            return entries
+        time.sleep(0.2)
+    raise AssertionError(entries)
+
+
+def test_feed_fetched_at_start(srv, feeds):
+    entries = wait_entries(srv, 2)
+    assert [e["entry_id"] for e in entries] == ["arksine/moonlight/issue/2",
+                                                "arksine/moonlight/issue/1"]
+    e2 = entries[0]
+    assert e2["priority"] == "high" and e2["date"] == 1647459219
+    assert e2["feed"] == "moonraker" and e2["source"] == "moonlight"
+    assert len(e2["description"]) == 512
+    assert (e2["dismissed"], e2["date_dismissed"], e2["dismiss_wake"]) == (False, None, None)
+    got = srv.get("/server/announcements/list").json()
+    assert got["result"]["feeds"] == ["moonraker", "klipper", "evil"]
+    assert shape_diff(reference("jobs_http_announcements.list")["body"],
+                      {"result": dict(got["result"], entries=[])}) == []
+    deadline = time.monotonic() + 10
+    while not {"moonraker", "klipper", "evil"} <= set(feeds.hits):
+        assert time.monotonic() < deadline, feeds.hits
+        time.sleep(0.1)
+
+
+def test_update_adds_and_prunes(srv, feeds):
+    ws = srv.ws()
+    feeds.feeds["moonraker"] = rss(item(2, "high", "Wed, 16 Mar 2022 19:33:39 GMT"), item(3))
+    res = srv.result("POST", "/server/announcements/update")
+    assert res["modified"] is True
+    assert sorted(e["entry_id"][-1] for e in res["entries"]) == ["2", "3"]
+    note = ws.wait_notification("notify_announcement_update")
+    assert [e["entry_id"] for e in note["params"][0]["entries"]] == [
+        e["entry_id"] for e in res["entries"]]
+    again = srv.result("POST", "/server/announcements/update")
+    assert again["modified"] is False
+    assert shape_diff(reference("jobs_http_announcements.update")["body"]["result"],
+                      dict(again, entries=[])) == []
+
+
+def test_unreachable_feed_is_not_fatal(srv, feeds):
+    feeds.feeds.pop("klipper")
+    res = srv.result("POST", "/server/announcements/update")
+    assert res["modified"] is False and len(res["entries"]) == 2
+    feeds.feeds["klipper"] = rss()
+
+
+def test_billion_laughs_refused(srv, feeds):
+    feeds.feeds["evil"] = BILLION_LAUGHS
+    t0 = time.monotonic()
+    res = srv.result("POST", "/server/announcements/update")
+    assert time.monotonic() - t0 < 10
+    assert all(not e["entry_id"].startswith("evil") for e in res["entries"])
+    assert srv.get("/server/info").status_code == 200
+    with open(srv.log_path) as fh:
+        assert "Failed to update subscription 'evil'" in fh.read()
+
+
+def test_dismiss_and_wake(srv):
+    ws = srv.ws()
+    entry_id = "arksine/moonlight/issue/3"
+    assert srv.result("POST", "/server/announcements/dismiss",
+                      params={"entry_id": entry_id, "wake_time": 2}) == {"entry_id": entry_id}
+    assert ws.wait_notification("notify_announcement_dismissed")["params"] == [
+        {"entry_id": entry_id}]
+    hidden = srv.result("GET", "/server/announcements/list?include_dismissed=false")
+    assert entry_id not in [e["entry_id"] for e in hidden["entries"]]
+    entry = [e for e in srv.result("GET", "/server/announcements/list")["entries"]
+             if e["entry_id"] == entry_id][0]
+    assert entry["dismissed"] is True and entry["dismiss_wake"] > entry["date_dismissed"]
+    assert ws.wait_notification("notify_announcement_wake", timeout=20)["params"] == [
+        {"entry_id": entry_id}]
+    entry = [e for e in srv.result("GET", "/server/announcements/list")["entries"]
+             if e["entry_id"] == entry_id][0]
+    assert entry["dismissed"] is False
+    ref = reference("jobs_http_announcements.dismiss.unknown")
+    resp = srv.post("/server/announcements/dismiss?entry_id=a%2Fb%2Fissue%2F1")
+    assert (resp.status_code, resp.json()["error"]["message"]) == (
+        ref["status"], ref["body"]["error"]["message"])
+    # indefinitely dismissed entries stay dismissed across updates
+    srv.result("POST", "/server/announcements/dismiss", params={"entry_id": entry_id})
+    srv.result("POST", "/server/announcements/update")
+    entry = [e for e in srv.result("GET", "/server/announcements/list")["entries"]
+             if e["entry_id"] == entry_id][0]
+    assert entry["dismissed"] is True and entry["dismiss_wake"] is None
+
+
+def test_feeds_added_and_removed(srv, feeds):
+    feeds.feeds["my_feed"] = rss(ITEM.format(n=9, title="Mine", desc="d", prio="normal",
+                                             date="Wed, 23 Mar 2022 19:37:58 GMT")
+                                 .replace("arksine/moonlight/issue/9", "me/mine/issue/9"))
+    for fixture, method, path in [
+            ("post_feed", "POST", "/server/announcements/feed?name=my_feed"),
+            ("post_feed.again", "POST", "/server/announcements/feed?name=my_feed"),
+            ("post_feed.missing", "POST", "/server/announcements/feed")]:
+        ref = reference("jobs_http_announcements." + fixture)
+        resp = srv.post(path)
+        assert resp.status_code == ref["status"]
+        if ref["status"] == 200:
+            assert resp.json() == ref["body"]
+        else:
+            assert resp.json()["error"]["message"] == ref["body"]["error"]["message"]
+    assert srv.result("GET", "/server/announcements/feeds")["feeds"] == [
+        "moonraker", "klipper", "evil", "my_feed"]
+    wait_entries(srv, 3)
+    ref = reference("jobs_http_announcements.delete_feed.builtin")
+    resp = srv.delete("/server/announcements/feed?name=moonraker")
+    assert (resp.status_code, resp.json()["error"]["message"]) == (
+        ref["status"], ref["body"]["error"]["message"])
+    assert srv.result("DELETE", "/server/announcements/feed?name=my_feed") == \
+        reference("jobs_http_announcements.delete_feed")["body"]["result"]
+    assert len(srv.result("GET", "/server/announcements/list")["entries"]) == 2
+
+
+def test_dev_mode_files(start_server, tmp_path, printer_data):
+    devel = tmp_path / "announcement_xml"
+    devel.mkdir()
+    (devel / "moonraker.xml").write_bytes(rss(item(5)))
+    (devel / "klipper.xml").write_bytes(rss(item(6, "high")))
+    os.environ["MOONFLASK_DEVEL_PATH"] = str(devel)
+    try:
+        other = start_server(config="[announcements]\ndev_mode: True\n",
+                             data_path=str(tmp_path / "pd"))
+    finally:
+        del os.environ["MOONFLASK_DEVEL_PATH"]
+    entries = wait_entries(other, 2)
+    assert {e["feed"] for e in entries} == {"moonraker", "klipper"}
+    (devel / "klipper.xml").write_bytes(rss())
+    res = other.result("POST", "/server/announcements/update")
+    assert res["modified"] is True
+    assert [e["entry_id"] for e in res["entries"]] == ["arksine/moonlight/issue/5"]
