@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                                      server.version, server.host, server.port, server.data_path)
 
     def shutdown() -> None:
-        http.stop(timeout=2)
-        server.stop()
+        server.stop()          # closes websockets first, so the HTTP stop has nothing to wait for
+        http.stop(timeout=1)
 
     gevent.signal_handler(signal.SIGTERM, shutdown)
     gevent.signal_handler(signal.SIGINT, shutdown)

@@ -357,6 +357,8 @@ class Klippy:
         self.eventtime = result.get("eventtime", self.eventtime)
         self.status = {k: dict(v) for k, v in result.get("status", {}).items()}
         self._klippy_subscribed = wanted
+        # Components tracking state see the fresh snapshot as an update.
+        self.server.events.emit("klippy:status_update", self.status, self.eventtime)
         webhooks = self.status.get("webhooks", {})
         if "state" in webhooks and self.state not in (STARTUP,):
             self._on_webhooks_state(webhooks["state"], webhooks.get("state_message", ""))

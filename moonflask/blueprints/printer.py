@@ -130,7 +130,7 @@ def print_start(req: ApiRequest) -> str:
     filename = req.args.get_str("filename").lstrip("/")
     if not filename or '"' in filename or "\n" in filename:
         raise ApiError(f"Invalid filename: {filename}", 400)
-    req.server.events.emit("printer:print_start_requested", filename)
+    req.server.events.emit("printer:print_start_requested", filename, req.user)
     req.server.klippy.request("gcode/script", {"script": f'SDCARD_PRINT_FILE FILENAME="{filename}"'})
     return "ok"
 
