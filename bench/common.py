@@ -49,8 +49,8 @@ class ServerProc:
                      f"klippy_uds_address: {klippy_socket}\n"
                      "max_websocket_connections: 300\n"
                      "[authorization]\ntrusted_clients:\n  127.0.0.0/8\n"
-                     # Offline: Moonraker's feeds would otherwise try DNS.
-                     + ("[announcements]\ndev_mode: True\n" if kind == "moonraker" else "")
+                     # Offline: the announcement feeds would otherwise be fetched.
+                     "[announcements]\ndev_mode: True\n"
                      + config)
         self.proc: subprocess.Popen | None = None
 

@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import gevent
-import requests
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
@@ -149,6 +148,7 @@ class Announcements:
 
     def _fetch(self, feed: str) -> bytes | None:
         """The feed's XML, or None when unchanged (HTTP 304)."""
+        import requests  # ~8 MB: loaded on first use
         if self.dev_mode:
             path = os.path.join(devel_path(), f"{feed}.xml")
             try:

@@ -59,7 +59,6 @@ import gevent
 import gevent.event
 import lmdb
 
-from . import database_migrate as migrate
 from .api import ApiError
 
 log = logging.getLogger(__name__)
@@ -513,6 +512,7 @@ class Database:
         info: dict[str, Any] | None = None
         if import_moonraker and not self.list_namespaces() and os.path.isfile(src):
             try:
+                from . import database_migrate as migrate
                 data = migrate.read_sqlite(src)
                 info = {"source": src, "namespaces": sorted(data),
                         "time": datetime.datetime.now().timestamp()}
@@ -982,6 +982,7 @@ class Database:
             OSError: the file cannot be written.
         """
         path = os.path.abspath(path)
+        from . import database_migrate as migrate
         migrate.write_sqlite(self.export_all(), path)
         return path
 
@@ -995,6 +996,7 @@ class Database:
         Raises:
             database_migrate.FormatError: not a Moonraker/moonflask database.
         """
+        from . import database_migrate as migrate
         data = migrate.read_sqlite(path)
         self.replace_all(data)
         return {"restored_tables": migrate.sqlite_tables(path),
@@ -1177,6 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("namespace", nargs="?")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from . import database_migrate as migrate
     path = _db_dir(args.data_path)
     try:
         if args.cmd == "backup":

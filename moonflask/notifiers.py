@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import apprise
 import gevent
 import gevent.queue
 import jinja2
@@ -79,6 +78,7 @@ class Notifier:
             self.attach = env.from_string(self.attach_src) if self.attach_src else None
         except jinja2.TemplateSyntaxError as err:
             raise ConfigError(f"[notifier {name}]: template error: {err}") from None
+        import apprise  # loads every plugin (~8 MB): only when a notifier is configured
         self.apprise = apprise.Apprise()
         if not self.apprise.add(self.url):
             raise ConfigError(f"[notifier {name}]: invalid apprise url")
@@ -121,6 +121,7 @@ class Notifier:
             attach = None
             if self.attach is not None:
                 items = [a.strip() for a in self.attach.render(ctx).splitlines() if a.strip()]
+                import apprise
                 attach = apprise.AppriseAttachment(items) if items else None
         except Exception as err:
             log.warning("notifier %s: template error: %s", self.name, err)

@@ -14,7 +14,6 @@ import socket
 import uuid
 from typing import Any
 
-import requests
 
 from .api import ApiBlueprint, ApiError, ApiRequest
 
@@ -191,6 +190,7 @@ class Webcams:
 
     def test(self, uid: str | None, name: str | None) -> dict[str, Any]:
         """server.webcams.test: absolute URLs and snapshot reachability."""
+        import requests  # ~8 MB: loaded on first use
         cam = self.find(uid, name)
         ip = host_ip()
 

@@ -34,7 +34,6 @@ import gevent
 
 from ..config import ConfigError
 from ..api import ALL_TRANSPORTS, HTTP, ApiBlueprint, ApiError, ApiRequest
-from . import uploads
 from .roots import (WRITABLE_ROOTS, Root, clean_relative, file_permissions, is_dir,
                     is_gcode, join, split_root, stat_info)
 from .scanner import PRIO_BACKGROUND, PRIO_REQUEST, MetadataCache, MetadataScanner, ScanError
@@ -760,13 +759,14 @@ class FileManager:
                 root = self.roots[default_root]
             return root.path
 
+        from . import uploads  # streaming_form_data is large: loaded with the first upload
         up = uploads.receive(request, choose_dir, self.server.max_upload_size)
         try:
             return self._finish_upload(up, default_root, force_print)
         finally:
             up.discard()
 
-    def _finish_upload(self, up: uploads.Upload, default_root: str,
+    def _finish_upload(self, up: Any, default_root: str,
                        force_print: bool | None) -> dict[str, Any]:
         fields = up.fields
         root_name = (fields.get("root") or default_root).strip().lower()
