@@ -148,7 +148,6 @@ class Announcements:
 
     def _fetch(self, feed: str) -> bytes | None:
         """The feed's XML, or None when unchanged (HTTP 304)."""
-        import requests  # ~8 MB: loaded on first use
         if self.dev_mode:
             path = os.path.join(devel_path(), f"{feed}.xml")
             try:
@@ -156,6 +155,7 @@ class Announcements:
                     return fh.read(MAX_FEED_SIZE + 1)
             except OSError as err:
                 raise FeedError(f"cannot read {path}: {err.strerror}") from None
+        import requests  # ~8 MB: loaded on first use
         url = os.environ.get("MOONFLASK_ANNOUNCEMENTS_URL", FEED_URL).format(feed=feed)
         headers = {}
         etag, modified = self._validators.get(feed, (None, None))
