@@ -38,7 +38,8 @@ from .notify import EventBus
 log = logging.getLogger(__name__)
 
 # Core blueprints, always registered.
-CORE_BLUEPRINTS = ("moonflask.blueprints.server", "moonflask.blueprints.printer")
+CORE_BLUEPRINTS = ("moonflask.blueprints.server", "moonflask.blueprints.printer",
+                   "moonflask.blueprints.access")
 
 # Components, in load order: Moonraker's name -> (module, the config section
 # that enables it, or None when always loaded).  A module provides
