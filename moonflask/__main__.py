@@ -8,12 +8,13 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
-from gevent.pywsgi import WSGIServer  # noqa: E402
+from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
 from .app import Server, create_app  # noqa: E402
 from .config import ConfigError  # noqa: E402
@@ -34,6 +35,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class MoonflaskHandler(WSGIHandler):
+    """gevent's WSGI handler with two changes:
+
+    - the status line, the headers and the first body chunk go out in one
+      ``send`` (gevent sends headers and body apart: one more syscall per
+      response, and a Nagle stall without TCP_NODELAY);
+    - a connection that was upgraded to a websocket is closed when the
+      websocket session ends, instead of being read as the next HTTP request
+      (the client would wait for the TCP close until it times out).
+    """
+
+    _pending: bytearray | None = None
+
+    def handle_one_response(self) -> None:
+        super().handle_one_response()
+        if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            self.close_connection = True
+
+    def _write_with_headers(self, data: bytes) -> None:
+        self._pending = bytearray()
+        try:
+            super()._write_with_headers(data)
+        finally:
+            pending, self._pending = self._pending, None
+            if pending:
+                super()._sendall(pending)
+
+    def _sendall(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._pending += data
+        else:
+            super()._sendall(data)
+
+
 def listen_socket(host: str, port: int) -> socket.socket:
     """The HTTP listening socket, with TCP_NODELAY (inherited by accepted
     sockets): gevent's WSGI handler sends headers and body in two writes, and
@@ -48,9 +83,18 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_fd_limit() -> None:
+    """Raise the open-file limit to its hard maximum: each websocket holds two
+    descriptors, and the usual soft limit of 1024 caps clients near 500."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
     args = parse_args(argv)
+    raise_fd_limit()
     try:
         server = Server(args.datapath, args.configfile,
                         "" if args.nologfile else args.logfile, args.debug, args.unixsocket)
@@ -63,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                                            [sys.executable, "-m", "moonflask", *sys.argv[1:]])
     app = create_app(server)
     http = WSGIServer(listen_socket(server.host, server.port), app, log=None,
-                      error_log=logging.getLogger("moonflask.http"))
+                      error_log=logging.getLogger("moonflask.http"),
+                      handler_class=MoonflaskHandler)
     logging.getLogger(__name__).info("moonflask %s listening on %s:%d (data %s)",
                                      server.version, server.host, server.port, server.data_path)
 
