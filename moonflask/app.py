@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -157,9 +156,7 @@ class Server:
     def component_names(self) -> list[str]:
         """The loaded components, Moonraker's names (``server.info`` components)."""
         core = ["application", "websockets", "klippy_connection", "jsonrpc",
-                "internal_transport", "klippy_apis", "data_store"]
-        if self.config.has_section("authorization"):
-            core.append("authorization")
+                "internal_transport", "klippy_apis", "data_store", "authorization"]
         return core + list(self.components)
 
     # -- lifetime ---------------------------------------------------------

@@ -11,9 +11,9 @@ Every transport asks this module, never decides itself:
 - ``install(app)`` adds CORS handling (incl. preflight) and the websocket
   Origin check to the Flask app.
 
-Without an ``[authorization]`` section every client is allowed
-(:class:`OpenAccess`), as in Moonraker.  With it, :class:`Authorization`
-implements Moonraker's rules:
+:class:`Authorization` is always in force, as in Moonraker 0.11.0 (without an
+``[authorization]`` section every option takes its default: nobody trusted).
+It implements Moonraker's rules:
 
 - credentials, checked in this order: a oneshot token (``?token=``, 5 s,
   single use), the API key (``X-Api-Key`` header), a JSON Web Token
@@ -78,36 +78,6 @@ UNAUTHORIZED = "Unauthorized"
 
 def _unauthorized(message: str = UNAUTHORIZED) -> ApiError:
     return ApiError(message, 401)
-
-
-class OpenAccess:
-    """The policy when ``[authorization]`` is not configured: allow everything."""
-
-    enabled = False
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-
-    def authenticate_http(self, request: flask.Request, endpoint: Any) -> dict | None:
-        """Always None (no user), never raises."""
-        return None
-
-    def authenticate_websocket(self, request: flask.Request) -> dict | None:
-        """Always None (no user)."""
-        return None
-
-    def check_connection(self, conn: Any, endpoint: Any) -> dict | None:
-        """The connection's user (None); never raises."""
-        return conn.user
-
-    def require_user(self, user: dict | None, endpoint: Any) -> None:
-        """Never raises."""
-
-    def identify(self, conn: Any, access_token: str | None, api_key: str | None) -> None:
-        """Nothing to check."""
-
-    def install(self, app: flask.Flask) -> None:
-        """No CORS headers without ``[authorization] cors_domains``."""
 
 
 # -- password hashing -----------------------------------------------------------
@@ -249,13 +219,8 @@ class Authorization:
         ConfigError: a bad option (``default_source`` unknown, ...).
     """
 
-    enabled = True
-
-    def __init__(self, server: Any, section: Any, open_access: bool = False) -> None:
+    def __init__(self, server: Any, section: Any) -> None:
         self.server = server
-        self.open_access = open_access
-        if section is None:
-            section = server.config.section("authorization")   # every option defaulted
         self.login_timeout = section.getint("login_timeout", 90, minval=1)   # days
         self.force_logins = section.getboolean("force_logins", False)
         self.enable_api_key = section.getboolean("enable_api_key", True)
@@ -415,8 +380,6 @@ class Authorization:
     def is_trusted(self, ip: str | None) -> bool:
         """True when ``ip`` is a trusted client and trust counts (no
         force_logins with users present)."""
-        if self.open_access:
-            return True
         if self.force_logins and self.real_users():
             return False
         return self.trusted.contains(ip)
@@ -431,10 +394,10 @@ class Authorization:
                 return user
             raise _unauthorized()
         key = headers.get("X-Api-Key")
-        if key and self.enable_api_key:
-            if hmac.compare_digest(key, self.api_key):
-                return self.api_key_user()
-            raise _unauthorized()
+        if key and self.enable_api_key and hmac.compare_digest(key, self.api_key):
+            return self.api_key_user()
+        # A wrong key is not a verdict by itself: as in Moonraker the request may
+        # still pass as a trusted client (a slicer with a stale key on the LAN).
         auth = headers.get("Authorization", "")
         bearer = None
         if auth.lower().startswith("bearer "):
@@ -539,10 +502,7 @@ class Authorization:
         return self.trusted.contains(host)
 
     def install(self, app: flask.Flask) -> None:
-        """CORS (``cors_domains``, preflight) and the websocket Origin check
-        (neither in open-access mode)."""
-        if self.open_access:
-            return
+        """CORS (``cors_domains``, preflight) and the websocket Origin check."""
 
         @app.before_request
         def _cors_preflight_and_origin() -> Any:
@@ -639,7 +599,7 @@ class Authorization:
         if record is None:
             raise ApiError(f"Unregistered User: {username}", 400)
         if record.get("source", "moonraker") != "moonraker":
-            raise ApiError(f"Invalid Password", 400)
+            raise ApiError("Invalid Password", 400)
         if not verify_password(record, password):
             raise ApiError("Invalid Password", 400)
         if not str(record.get("password", "")).startswith("$argon2"):
@@ -728,15 +688,12 @@ class Authorization:
                 "source": record.get("source", "moonraker"), "action": "user_jwt_refresh"}
 
 
-def load_authorization(server: Any) -> Any:
-    """The authorization policy for ``server``'s configuration:
-    :class:`Authorization` with an ``[authorization]`` section; without one,
-    :class:`Authorization` in open-access mode: every client is trusted (as
-    :class:`OpenAccess`), while the ``access.*`` endpoints still answer
-    (users, API key) for front ends that call them.
+def load_authorization(server: Any) -> "Authorization":
+    """The authorization policy for ``server``'s configuration.
 
-    Note: Moonraker 0.11.0 itself always loads its authorization component:
-    without the section NO client is trusted there (401 from 127.0.0.1)."""
-    if server.config.has_section("authorization"):
-        return Authorization(server, server.config.section("authorization"))
-    return Authorization(server, None, open_access=True)
+    As in Moonraker 0.11.0, authorization is always in force: without an
+    ``[authorization]`` section every option takes its default, so no client
+    is trusted and HTTP/websocket callers need a token or the API key (the
+    unix socket needs none).  ``make run`` writes a section trusting local
+    networks."""
+    return Authorization(server, server.config.section("authorization"))

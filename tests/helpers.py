@@ -213,7 +213,8 @@ class Moonflask:
     Args:
         data_path: the data folder (config/ gcodes/ logs/ ... are made).
         klippy_socket: Klippy's API socket path.
-        config: extra moonraker.conf text appended after ``[server]``.
+        config: extra moonraker.conf text appended after ``[server]``; without
+            an ``[authorization]`` section, one trusting loopback is added.
         server_options: extra lines for ``[server]``.
     """
 
@@ -229,6 +230,9 @@ class Moonflask:
         self.log_path = os.path.join(data_path, "logs", "moonraker.log")
         os.makedirs(os.path.join(data_path, "config"), exist_ok=True)
         self.config_path = os.path.join(data_path, "config", "moonraker.conf")
+        if "[authorization]" not in config:
+            # Authorization is always in force: the test client is a trusted local one.
+            config += "\n[authorization]\ntrusted_clients:\n  127.0.0.0/8\n  ::1/128\n"
         with open(self.config_path, "w") as fh:
             fh.write(f"[server]\nhost: {host}\nport: {self.port}\n"
                      f"klippy_uds_address: {klippy_socket}\n{server_options}\n\n{config}\n")

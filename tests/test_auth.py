@@ -22,7 +22,7 @@ import websocket
 from requests.adapters import HTTPAdapter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import RpcError, WsClient  # noqa: E402
+from helpers import Moonflask, RpcError, UnixClient, WsClient  # noqa: E402
 from shapes import reference, shape_diff  # noqa: E402
 
 UNTRUSTED = "127.0.0.2"
@@ -510,7 +510,7 @@ def test_trusted_hostname_and_ipv6(start_server, tmp_root, un):
     data6 = os.path.join(tmp_root, "auth_v6")
     os.makedirs(os.path.join(data6, "gcodes"), exist_ok=True)
     for trusted, expect in (("::1/128", 200), ("fd00::/8", 401)):
-        from helpers import Moonflask, free_port
+        from helpers import free_port
         mf = Moonflask(data6, srv3.config_path, "", "", None)
         port = free_port()
         with open(mf.config_path, "w") as fh:
@@ -524,17 +524,27 @@ def test_trusted_hostname_and_ipv6(start_server, tmp_root, un):
             mf.stop()
 
 
-def test_no_authorization_section_is_open(start_server, tmp_root):
-    data = os.path.join(tmp_root, "auth_open")
-    os.makedirs(os.path.join(data, "gcodes"), exist_ok=True)
-    srv4 = start_server(data_path=data)
-    un4 = untrusted_session()
-    assert un4.get(srv4.url + "/server/info").status_code == 200
-    assert un4.get(srv4.url + "/access/info").json()["result"]["trusted"] is True
-    assert un4.get(srv4.url + "/access/user").json()["result"]["username"] == "_TRUSTED_USER_"
-    assert un4.options(srv4.url + "/server/info", headers={
-        "Origin": "http://example.com"}).status_code != 204
-    assert "authorization" not in srv4.result("GET", "/server/info")["components"]
+def test_no_authorization_section_trusts_nobody(tmp_root, printer):
+    """As in Moonraker 0.11.0: without [authorization] nobody is trusted,
+    not even loopback; the unix socket needs no credentials."""
+    data = os.path.join(tmp_root, "auth_default")
+    mf = Moonflask(data, printer.socket_path)
+    with open(mf.config_path) as fh:
+        text = fh.read()
+    with open(mf.config_path, "w") as fh:
+        fh.write(text[:text.index("[authorization]")])
+    mf.start()
+    try:
+        resp = mf.get("/server/info")
+        assert resp.status_code == 401
+        assert resp.json()["error"]["message"] == "Unauthorized"
+        assert mf.get("/access/info").status_code == 200
+        unix = UnixClient(mf.unix_path)
+        info = unix.call("server.info")
+        unix.close()
+        assert info["klippy_connected"] is True and "authorization" in info["components"]
+    finally:
+        mf.stop()
 
 
 # -- LDAP (a real slapd started by the test, skipped when not installed) -----------

@@ -1,25 +1,20 @@
 """The ``access.*`` endpoints.  Spec: web_api.md "Authorization".
 
-Registered with the core blueprints (app.CORE_BLUEPRINTS).  Without an
-``[authorization]`` section the policy is open access (every client
-trusted) and these endpoints still answer; with ``OpenAccess`` installed
-they answer 404 / -32601.  ``login``, ``refresh_jwt`` and ``info`` are reachable without
-credentials (``auth=False``); everything else needs a user.
+Registered with the core blueprints (app.CORE_BLUEPRINTS): authorization
+is always in force.  ``login``, ``refresh_jwt`` and ``info`` are reachable
+without credentials (``auth=False``); everything else needs a user.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from ..api import ApiBlueprint, ApiError, ApiRequest, HTTP
+from ..api import ApiBlueprint, ApiError, ApiRequest
 
 blueprint = ApiBlueprint("access", __name__, component="authorization")
 
 
 def _auth(req: ApiRequest) -> Any:
-    auth = req.server.auth
-    if not getattr(auth, "enabled", False):
-        raise ApiError("Not Found" if req.transport == HTTP else "Method not found", 404)
-    return auth
+    return req.server.auth
 
 
 @blueprint.endpoint("/access/login", ["POST"], auth=False)
