@@ -18,7 +18,7 @@ input.  Spec: web_api.md "HTTP API Overview", "JSON-RPC API Overview".
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import flask

@@ -6,10 +6,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-import requests
 
-from helpers import REPO, Moonflask, Printer, free_port
+from helpers import REPO, Moonflask, Printer
 
 
 def _homed(msg: dict) -> bool:
