@@ -1,7 +1,7 @@
 """Logging to ``DATA_PATH/logs/moonraker.log`` with rollover.
 
-Spec: server.md "Rollover Logs".  The file rolls over at midnight (three
-old files kept) and on request (``server.logs.rollover``).
+Spec: server.md "Rollover Logs".  The file rolls over at midnight and on
+request (``server.logs.rollover``); the three newest old files are kept.
 """
 from __future__ import annotations
 
@@ -11,6 +11,19 @@ import os
 import sys
 
 FORMAT = "%(asctime)s [%(filename)s:%(funcName)s()] - %(message)s"
+
+
+class _RotatingLog(logging.handlers.TimedRotatingFileHandler):
+    """Rolls over at midnight and on request.  A second rollover on the same
+    day keeps the first one's file (``moonraker.log.DATE.1``, ``.2`` ...)
+    instead of overwriting it, as the standard handler would."""
+
+    def rotation_filename(self, default_name: str) -> str:
+        name, n = default_name, 1
+        while os.path.exists(name):
+            name = f"{default_name}.{n}"
+            n += 1
+        return name
 
 
 class LogManager:
@@ -23,7 +36,7 @@ class LogManager:
 
     def __init__(self, log_file: str | None, verbose: bool = False) -> None:
         self.log_file = log_file
-        self.handler: logging.handlers.TimedRotatingFileHandler | None = None
+        self.handler: _RotatingLog | None = None
         root = logging.getLogger()
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
         for old in [h for h in root.handlers if getattr(h, "_moonflask", False)]:
@@ -31,8 +44,8 @@ class LogManager:
             old.close()
         if log_file:
             os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-            self.handler = logging.handlers.TimedRotatingFileHandler(
-                log_file, when="midnight", backupCount=3, encoding="utf-8")
+            self.handler = _RotatingLog(log_file, when="midnight", backupCount=3,
+                                        encoding="utf-8")
             handler: logging.Handler = self.handler
         else:
             handler = logging.StreamHandler(sys.stderr)
