@@ -46,40 +46,6 @@ def _objects_arg(req: ApiRequest) -> dict[str, list[str] | None]:
     return objects
 
 
-@klippy_endpoint("/printer/info")
-def printer_info(req: ApiRequest) -> dict[str, Any]:
-    """web_api.md "Get Klippy host information": Klippy's ``info`` reply."""
-    info = req.server.klippy.request("info", {})
-    return info
-
-
-@klippy_endpoint("/printer/emergency_stop")
-def emergency_stop(req: ApiRequest) -> str:
-    """web_api.md "Emergency Stop"."""
-    req.server.klippy.request("emergency_stop")
-    return "ok"
-
-
-@klippy_endpoint("/printer/restart")
-def restart(req: ApiRequest) -> str:
-    """web_api.md "Host Restart"."""
-    req.server.klippy.request("gcode/restart")
-    return "ok"
-
-
-@klippy_endpoint("/printer/firmware_restart")
-def firmware_restart(req: ApiRequest) -> str:
-    """web_api.md "Firmware Restart"."""
-    req.server.klippy.request("gcode/firmware_restart")
-    return "ok"
-
-
-@klippy_endpoint("/printer/objects/list")
-def objects_list(req: ApiRequest) -> dict[str, Any]:
-    """web_api.md "List available printer objects"."""
-    return req.server.klippy.request("objects/list")
-
-
 @klippy_endpoint("/printer/objects/query")
 def objects_query(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Query printer object status": ``{"eventtime", "status"}``."""
@@ -101,12 +67,6 @@ def objects_subscribe(req: ApiRequest) -> dict[str, Any]:
     return req.server.klippy.subscribe(_objects_arg(req), conn)
 
 
-@klippy_endpoint("/printer/query_endstops/status")
-def query_endstops(req: ApiRequest) -> dict[str, Any]:
-    """web_api.md "Query Endstops"."""
-    return req.server.klippy.request("query_endstops/status")
-
-
 @klippy_endpoint("/printer/gcode/script")
 def gcode_script(req: ApiRequest) -> str:
     """web_api.md "Run a gcode": ``ok`` once Klippy has executed it."""
@@ -116,12 +76,6 @@ def gcode_script(req: ApiRequest) -> str:
     req.server.data_store.record_command(script)
     req.server.klippy.request("gcode/script", {"script": script})
     return "ok"
-
-
-@klippy_endpoint("/printer/gcode/help")
-def gcode_help(req: ApiRequest) -> dict[str, Any]:
-    """web_api.md "Get GCode Help"."""
-    return req.server.klippy.request("gcode/help")
 
 
 @klippy_endpoint("/printer/print/start")
@@ -135,22 +89,29 @@ def print_start(req: ApiRequest) -> str:
     return "ok"
 
 
-@klippy_endpoint("/printer/print/pause")
-def print_pause(req: ApiRequest) -> str:
-    """web_api.md "Pause a print"."""
-    req.server.klippy.request("pause_resume/pause")
-    return "ok"
+# Endpoints that forward one Klippy request: (path, Klippy method, answers
+# "ok" rather than Klippy's result, spec section in web_api.md).
+PASS_THROUGH = (
+    ("/printer/info", "info", False, "Get Klippy host information"),
+    ("/printer/emergency_stop", "emergency_stop", True, "Emergency Stop"),
+    ("/printer/restart", "gcode/restart", True, "Host Restart"),
+    ("/printer/firmware_restart", "gcode/firmware_restart", True, "Firmware Restart"),
+    ("/printer/objects/list", "objects/list", False, "List available printer objects"),
+    ("/printer/query_endstops/status", "query_endstops/status", False, "Query Endstops"),
+    ("/printer/gcode/help", "gcode/help", False, "Get GCode Help"),
+    ("/printer/print/pause", "pause_resume/pause", True, "Pause a print"),
+    ("/printer/print/resume", "pause_resume/resume", True, "Resume a print"),
+    ("/printer/print/cancel", "pause_resume/cancel", True, "Cancel a print"),
+)
 
 
-@klippy_endpoint("/printer/print/resume")
-def print_resume(req: ApiRequest) -> str:
-    """web_api.md "Resume a print"."""
-    req.server.klippy.request("pause_resume/resume")
-    return "ok"
+def _pass_through(method: str, answers_ok: bool, section: str):
+    def handler(req: ApiRequest) -> Any:
+        result = req.server.klippy.request(method)
+        return "ok" if answers_ok else result
+    handler.__doc__ = f'web_api.md "{section}": Klippy\'s ``{method}``.'
+    return handler
 
 
-@klippy_endpoint("/printer/print/cancel")
-def print_cancel(req: ApiRequest) -> str:
-    """web_api.md "Cancel a print"."""
-    req.server.klippy.request("pause_resume/cancel")
-    return "ok"
+for _path, _method, _ok, _section in PASS_THROUGH:
+    klippy_endpoint(_path)(_pass_through(_method, _ok, _section))
