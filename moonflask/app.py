@@ -9,7 +9,6 @@ Moonraker's component names.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import MOONRAKER_VERSION, jsonutil
 from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, parse_query_args)
 from .auth import load_authorization
-from .config import ConfigError, ConfigFile
+from .config import ConfigFile
 from .connections import ConnectionManager, UnixConnection, WebsocketConnection
 from .data_store import DataStore
 from .jsonrpc import Dispatcher
@@ -43,7 +42,7 @@ CORE_BLUEPRINTS = ("moonflask.blueprints.server", "moonflask.blueprints.printer"
 # Components, in load order: Moonraker's name -> (module, the config section
 # that enables it, or None when always loaded).  A module provides
 # ``load_component(server, section) -> object`` and ``blueprint`` (an
-# ApiBlueprint, or None).  A module not present in this checkout is skipped.
+# ApiBlueprint, or None).
 OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "database": ("moonflask.database_api", None),
     "file_manager": ("moonflask.files.manager", None),
@@ -130,15 +129,13 @@ class Server:
         for name, (modname, section) in OPTIONAL_COMPONENTS.items():
             if section is not None and not self.config.has_section(section):
                 continue
-            if importlib.util.find_spec(modname) is None:
-                continue
             try:
                 mod = importlib.import_module(modname)
                 cfg = self.config.section(section) if section else None
                 self.components[name] = mod.load_component(self, cfg)
                 if mod.blueprint is not None:
                     register_blueprint(app, self, mod.blueprint)
-            except (ConfigError, Exception) as err:  # keep serving without it
+            except Exception as err:  # keep serving without it
                 log.exception("component %s failed to load", name)
                 self.failed_components.append(name)
                 self.config.runtime_warnings.append(f"[{section or name}]: {err}")
