@@ -7,7 +7,7 @@ Same approach and fixture format as scripts/capture_reference.py (whose
 Capture/WS helpers it reuses): the simulated printer and the reference run
 side by side on free ports in a temporary directory.
 
-    /work/scratch/devvenv/bin/python tests/data/capture_jobs_reference.py \
+    /work/scratch/devvenv/bin/python scripts/capture_jobs_reference.py \
         --reference-python /work/scratch/refvenv/bin/python
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ import time
 
 import websocket
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    "tests", "data")   # long_gcode.py lives there
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, HERE)
