@@ -14,7 +14,9 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
-from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
+from http import client as http_client  # noqa: E402
+
+from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer  # noqa: E402
 
 from .app import Server, create_app  # noqa: E402
 from .config import ConfigError  # noqa: E402
@@ -35,9 +37,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class MoonflaskHandler(WSGIHandler):
-    """gevent's WSGI handler with two changes:
+def parse_request_headers(fp) -> OldMessage:
+    """Read a request's header block from ``fp`` into the message object
+    gevent's handler expects, without the ``email`` package's parser that
+    ``http.client.parse_headers`` uses (a tenth of a small request's cost).
 
+    Same limits as http.client: lines of 64 KiB, 100 headers.  A malformed
+    block sets ``status``, which the handler answers with a 400."""
+    msg = OldMessage()
+    headers = msg._headers
+    while True:
+        line = fp.readline(http_client._MAXLINE + 1)
+        if len(line) > http_client._MAXLINE:
+            msg.status = "Line too long"
+            return msg
+        if line in (b"\r\n", b"\n", b""):
+            return msg
+        if len(headers) >= http_client._MAXHEADERS:
+            msg.status = "Too many headers"
+            return msg
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t"):
+            if not headers:
+                msg.status = "Invalid header continuation"
+                return msg
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {text.strip()}")
+            continue
+        name, sep, value = text.partition(":")
+        if not sep or not name or name != name.strip():
+            msg.status = "Invalid header line"
+            return msg
+        headers.append((name, value.strip(" \t")))
+
+
+class MoonflaskHandler(WSGIHandler):
+    """gevent's WSGI handler with three changes:
+
+    - request headers are parsed by :func:`parse_request_headers`;
     - the status line, the headers and the first body chunk go out in one
       ``send`` (gevent sends headers and body apart: one more syscall per
       response, and a Nagle stall without TCP_NODELAY);
@@ -47,6 +84,9 @@ class MoonflaskHandler(WSGIHandler):
     """
 
     _pending: bytearray | None = None
+
+    def MessageClass(self, fp, *_args):  # noqa: N802 (gevent's name)
+        return parse_request_headers(fp)
 
     def handle_one_response(self) -> None:
         super().handle_one_response()
