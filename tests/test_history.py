@@ -239,7 +239,13 @@ def test_moonflask_down_while_print_ends(srv, start_server, printer_data):
         time.sleep(0.3)
     srv2 = start_server(config="[history]\n", data_path=printer_data)
     srv.__dict__.update(srv2.__dict__)
-    job = srv2.result("GET", f"/server/history/job?uid={job_id}")["job"]
+    # The job is settled once Klippy's print_stats reaches the restarted server.
+    deadline = time.monotonic() + 10
+    while True:
+        job = srv2.result("GET", f"/server/history/job?uid={job_id}")["job"]
+        if job["status"] != "in_progress" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert job["status"] == "completed"
     ids = [j["job_id"] for j in srv2.result("GET", "/server/history/list")["jobs"]]
     assert ids.count(job_id) == 1
