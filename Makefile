@@ -31,6 +31,7 @@ test: venv klippy
 	MOONFLASK_SHARED=$(SHARED) $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 bench: venv klippy reference
+	command -v wrk >/dev/null || apt-get install -y -q wrk
 	MOONFLASK_SHARED=$(SHARED) $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
