@@ -27,7 +27,7 @@ reference:
 run: venv klippy
 	MOONFLASK_SHARED=$(SHARED) DATA=$(DATA) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
 
-test: venv klippy
+test: venv klippy reference
 	MOONFLASK_SHARED=$(SHARED) $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 bench: venv klippy reference

@@ -6,8 +6,8 @@ For each server (no Klippy needed): N ``server.database.post_item`` then N
 ``server.database.get_item`` over one websocket, first one request at a time
 (latency-bound), then pipelined with WINDOW requests in flight.
 
-    /work/scratch/devvenv/bin/python bench/bench_database.py [-n 2000] [--window 32]
-        [--reference-python /work/scratch/refvenv/bin/python]
+    .venv/bin/python bench/bench_database.py [-n 2000] [--window 32]
+        [--reference-python .reference-venv/bin/python]
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--python", default=sys.executable, help="python running moonflask")
     p.add_argument("--reference-python", default=os.environ.get(
-        "MOONFLASK_REFERENCE_PYTHON", "/work/scratch/refvenv/bin/python"))
+        "MOONFLASK_REFERENCE_PYTHON", os.path.join(REPO, ".reference-venv", "bin", "python")))
     args = p.parse_args(argv)
     results = {"moonflask": bench("moonflask", args.python, args.n, args.window),
                "moonraker": bench("moonraker", args.reference_python, args.n, args.window)}

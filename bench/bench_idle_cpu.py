@@ -4,8 +4,8 @@ receiving notify_proc_stat_update every second; CPU % of one core over
 IDLE_SECONDS (default 60).  Also the proc_stats sampler's own cost per
 sample, measured in-process.
 
-    MOONFLASK_REFERENCE_PYTHON=/work/scratch/refvenv/bin/python \
-        /work/scratch/devvenv/bin/python bench/bench_idle_cpu.py
+    .venv/bin/python bench/bench_idle_cpu.py   (reference: .reference-venv, or
+        MOONFLASK_REFERENCE_PYTHON)
 """
 from __future__ import annotations
 

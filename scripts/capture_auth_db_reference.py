@@ -8,8 +8,8 @@ socket is bound to 127.0.0.2 is NOT trusted while 127.0.0.1 is, and with
 ``-g`` so the ``debug.database.*`` endpoints exist.  The file format is the
 one of scripts/capture_reference.py.
 
-    /work/scratch/devvenv/bin/python scripts/capture_auth_db_reference.py \
-        [--reference-python /work/scratch/refvenv/bin/python] [--out tests/reference]
+    .venv/bin/python scripts/capture_auth_db_reference.py \
+        [--reference-python .reference-venv/bin/python] [--out tests/reference]
 """
 from __future__ import annotations
 
@@ -413,7 +413,7 @@ def capture(cap: Capture, url: str, data: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--reference-python", default=os.environ.get(
-        "MOONFLASK_REFERENCE_PYTHON", "/work/scratch/refvenv/bin/python"))
+        "MOONFLASK_REFERENCE_PYTHON", ".reference-venv/bin/python"))
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)

@@ -7,8 +7,8 @@ Same approach and fixture format as scripts/capture_reference.py (whose
 Capture/WS helpers it reuses): the simulated printer and the reference run
 side by side on free ports in a temporary directory.
 
-    /work/scratch/devvenv/bin/python scripts/capture_jobs_reference.py \
-        --reference-python /work/scratch/refvenv/bin/python
+    .venv/bin/python scripts/capture_jobs_reference.py \
+        --reference-python .reference-venv/bin/python
 """
 from __future__ import annotations
 
@@ -443,7 +443,7 @@ def run(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default="/work/scratch/refvenv/bin/python")
+    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
     ap.add_argument("--keep", action="store_true")
     run(ap.parse_args())

@@ -6,8 +6,8 @@ Runs the simulated printer and the reference side by side, once with the
 default ``[machine]`` provider (systemd_dbus, which finds no D-Bus here) and
 once with ``provider: none``.  Never calls machine.shutdown / machine.reboot.
 
-    /work/scratch/devvenv/bin/python scripts/capture_machine_reference.py \
-        --reference-python /work/scratch/refvenv/bin/python
+    .venv/bin/python scripts/capture_machine_reference.py \
+        --reference-python .reference-venv/bin/python
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def default_steps(cap, ws, tag):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default="/work/scratch/refvenv/bin/python")
+    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
     ap.add_argument("--klippy-python", default=None)
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
     ap.add_argument("--keep", action="store_true")

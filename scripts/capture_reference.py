@@ -12,7 +12,7 @@ writes one file per exchange:
 
 Values vary from run to run; the tests compare keys, types and error texts.
 
-    /work/scratch/devvenv/bin/python scripts/capture_reference.py \
+    .venv/bin/python scripts/capture_reference.py \
         [--reference-python .reference-venv/bin/python] \
         [--klippy-python .klippy-venv/bin/python] [--out tests/reference] [--keep]
 

@@ -26,7 +26,7 @@ from moonflask.api import ApiError  # noqa: E402
 from moonflask.database import Database, DatabaseLocked, main as db_main  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "data", "moonraker-sql.db")
-MOONRAKER = os.environ.get("MOONRAKER_BIN", "/work/scratch/refvenv/bin/moonraker")
+MOONRAKER = os.environ.get("MOONRAKER_BIN", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".reference-venv", "bin", "moonraker"))
 
 
 @pytest.fixture

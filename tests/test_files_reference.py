@@ -9,7 +9,7 @@ the same order and returns a list of records::
 
 ``python tests/test_files_reference.py --capture`` runs it against the reference
 (Moonraker started from ``MOONFLASK_REFERENCE_PYTHON`` or
-/work/scratch/refvenv/bin/python beside the simulated printer) and writes
+.reference-venv/bin/python beside the simulated printer) and writes
 ``tests/reference/files_<name>.json``; the test below runs
 it against moonflask and compares shapes.
 """
@@ -454,7 +454,7 @@ def capture(out_dir: str) -> None:
     """Run the scenario against the reference Moonraker; write fixtures."""
     import sim_printer  # noqa: E402  (scripts/ is on sys.path via helpers)
     ref_python = os.environ.get("MOONFLASK_REFERENCE_PYTHON",
-                                "/work/scratch/refvenv/bin/python")
+                                os.path.join(REPO, ".reference-venv", "bin", "python"))
     tmp = tempfile.mkdtemp(prefix="mffref-", dir="/tmp")
     data = os.path.join(tmp, "data")
     for d in ("config", "gcodes", "logs"):

@@ -18,7 +18,8 @@ from shapes import reference, shape_diff
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
 from long_gcode import write_long_gcode  # noqa: E402
 
-SHARED = os.environ.get("MOONFLASK_SHARED", "/work/shared")
+SHARED = os.environ.get("MOONFLASK_SHARED", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared"))
 SLICED = "slic3r_cube20_0.2mm.gcode"
 FREE = ("$.result.job.metadata", "$.result.jobs[0].metadata", "$.job.metadata")
 

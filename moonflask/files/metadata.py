@@ -4,7 +4,7 @@ Implements what the spec's "Get GCode Metadata" section (web_api.md,
 ``GET /server/files/metadata``) returns for a file, with the same keys, value
 types and values as Moonraker 0.11.0's metadata extractor (observed as a black
 box), except for the documented deliberate differences
-(see ``/work/scratch/notes/metadata.md`` / the README's compatibility section).
+(see the README's compatibility notes).
 
 Only a bounded head and tail of the file are read (``CHUNK_SIZE`` bytes from
 each end), so the cost does not grow with the size of the print.
