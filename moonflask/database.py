@@ -166,6 +166,19 @@ def _check_value(value: Any, top: bool = True) -> bytes:
         raise ApiError(f"Error encoding val: {value}, type: {type(value)}", 400) from e
 
 
+def _nested_parent(top: Any, parts: list[str], namespace: str, key: Any) -> dict:
+    """The object holding ``parts[-1]`` below ``top`` (``parts[1:-1]`` the
+    path); ApiError 404 when a level or the last key is missing."""
+    node = top
+    for p in parts[1:-1]:
+        if not isinstance(node, dict) or not isinstance(node.get(p), dict):
+            raise _not_found(namespace, key)
+        node = node[p]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise _not_found(namespace, key)
+    return node
+
+
 def parse_key(key: str | list | tuple) -> list[str]:
     """Split a database key into its parts.
 
@@ -760,37 +773,21 @@ class Database:
         parts = parse_key(key)
         name = _ns_dbname(namespace)
         _check_value(value, top=len(parts) == 1)
-        result: list[Any] = []
 
-        def upd(t: _Txn) -> None:
-            result.clear()
-            dbi = t.dbi(name, create=False)
-            kb = _db_key(parts[0])
-            old = t.txn.get(kb, db=dbi) if dbi is not None else None
-            if old is None:
-                raise _not_found(namespace, parts[0])
-            top = _unpack(kb, old)[1]
+        def upd(t: _Txn) -> Any:
+            dbi, kb, top = self._load_top(t, namespace, name, parts[0])
             if len(parts) == 1:
                 new = dict(top, **value) if isinstance(top, dict) and isinstance(value, dict) \
                     else value
                 t.txn.put(kb, _pack(parts[0], kb, new), db=dbi)
-                result.append(new)
-                return
-            node = top
-            for p in parts[1:-1]:
-                if not isinstance(node, dict) or not isinstance(node.get(p), dict):
-                    raise _not_found(namespace, key)
-                node = node[p]
-            last = parts[-1]
-            if not isinstance(node, dict) or last not in node:
-                raise _not_found(namespace, key)
-            cur = node[last]
-            node[last] = dict(cur, **value) if isinstance(cur, dict) and \
+                return new
+            node = _nested_parent(top, parts, namespace, key)
+            cur = node[parts[-1]]
+            node[parts[-1]] = dict(cur, **value) if isinstance(cur, dict) and \
                 isinstance(value, dict) else value
             t.txn.put(kb, _pack(parts[0], kb, top), db=dbi)
-            result.append(node[last])
-        self._write(upd)
-        return result[0]
+            return node[parts[-1]]
+        return self._write(upd)
 
     def delete_item(self, namespace: str, key: Any, drop_empty: bool = True) -> Any:
         """Delete the value at ``key`` (``server.database.delete_item``).
@@ -806,34 +803,31 @@ class Database:
         """
         parts = parse_key(key)
         name = _ns_dbname(namespace)
-        result: list[Any] = []
 
-        def rm(t: _Txn) -> None:
-            result.clear()
-            dbi = t.dbi(name, create=False)
-            kb = _db_key(parts[0])
-            old = t.txn.get(kb, db=dbi) if dbi is not None else None
-            if old is None:
-                raise _not_found(namespace, parts[0])
-            top = _unpack(kb, old)[1]
+        def rm(t: _Txn) -> Any:
+            dbi, kb, top = self._load_top(t, namespace, name, parts[0])
             if len(parts) == 1:
                 t.txn.delete(kb, db=dbi)
-                result.append(top)
                 if drop_empty and namespace not in self._registered and \
                         t.txn.stat(dbi)["entries"] == 0:
                     t.drop(name)
-                return
-            node = top
-            for p in parts[1:-1]:
-                if not isinstance(node, dict) or not isinstance(node.get(p), dict):
-                    raise _not_found(namespace, key)
-                node = node[p]
-            if not isinstance(node, dict) or parts[-1] not in node:
-                raise _not_found(namespace, key)
-            result.append(node.pop(parts[-1]))
+                return top
+            node = _nested_parent(top, parts, namespace, key)
+            deleted = node.pop(parts[-1])
             t.txn.put(kb, _pack(parts[0], kb, top), db=dbi)
-        self._write(rm)
-        return result[0]
+            return deleted
+        return self._write(rm)
+
+    @staticmethod
+    def _load_top(t: _Txn, namespace: str, name: bytes, top_key: str) -> tuple[Any, bytes, Any]:
+        """``(dbi, encoded key, value)`` of a top-level key inside write
+        transaction ``t``; ApiError 404 when the namespace or key is missing."""
+        dbi = t.dbi(name, create=False)
+        kb = _db_key(top_key)
+        old = t.txn.get(kb, db=dbi) if dbi is not None else None
+        if old is None:
+            raise _not_found(namespace, top_key)
+        return dbi, kb, _unpack(kb, old)[1]
 
     # -- whole-namespace helpers ----------------------------------------------------
     def ns_keys(self, namespace: str) -> list[str]:
