@@ -29,7 +29,6 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from .api import ApiBlueprint, ApiError, ApiRequest
-from .workers import supervised
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +128,11 @@ class Announcements:
     # -- lifetime ---------------------------------------------------------
     def _start(self) -> None:
         if self._worker is None:
-            self._worker = supervised("announcements", self._loop)
+            self._worker = self.server.workers.start("announcements", self._loop)
 
     def _stop(self) -> None:
         if self._worker is not None:
-            self._worker.kill(block=False)
+            self._worker.stop()
             self._worker = None
 
     def _loop(self) -> None:

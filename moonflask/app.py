@@ -32,6 +32,7 @@ from .jsonrpc import Dispatcher
 from .klippy import Klippy
 from .logs import LogManager
 from .notify import EventBus
+from .workers import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Server:
         self.logs = LogManager(log_file or None, verbose or debug)
         self.unix_socket_path = unix_socket or os.path.join(self.data_path, "comms",
                                                             "moonraker.sock")
+        self.workers = Supervisor(self.config.runtime_warnings)
         self.registry = Registry()
         self.connections = ConnectionManager(self, max_ws)
         self.events = EventBus(self.connections)
@@ -199,6 +201,7 @@ class Server:
     def stop(self) -> None:
         """Close every connection, the unix socket and the Klippy connection."""
         self.events.emit("server:shutdown")
+        self.workers.stop_all()
         self.connections.close_all()
         if self._unix_server is not None:
             self._unix_server.stop(timeout=1)

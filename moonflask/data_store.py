@@ -13,7 +13,6 @@ from typing import Any
 
 import gevent
 
-from .workers import supervised
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class DataStore:
         self.monitors = set(monitors)
         klippy.add_internal_subscription("data_store", set(names))
         if self._sampler is None:
-            self._sampler = supervised("temperature_store", self._sample_loop)
+            self._sampler = self.server.workers.start("temperature_store", self._sample_loop)
 
     def _on_status(self, status: dict, eventtime: float) -> None:
         for name, fields in status.items():

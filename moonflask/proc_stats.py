@@ -24,7 +24,6 @@ from typing import Any
 import gevent
 
 from .api import ApiBlueprint, ApiRequest
-from .workers import supervised
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +99,12 @@ class ProcStats:
     def start(self) -> None:
         """Start the sampler greenlet (on ``server:started``)."""
         if self._worker is None:
-            self._worker = supervised("proc_stats", self._loop)
+            self._worker = self.server.workers.start("proc_stats", self._loop)
 
     def stop(self) -> None:
         """Stop the sampler (on ``server:shutdown``)."""
         if self._worker is not None:
-            self._worker.kill(block=False)
+            self._worker.stop()
             self._worker = None
 
     def _loop(self) -> None:

@@ -116,17 +116,16 @@ class FileManager:
 
     # -- lifetime -----------------------------------------------------------
     def _start(self) -> None:
-        from ..workers import supervised
         self.scanner.start()
         if self.watcher is not None:
             for name in self.roots:
                 self.watcher.watch_root(name)
-            self._greenlets.append(supervised("file-watcher", self.watcher.run))
+            self._greenlets.append(self.server.workers.start("file_watcher", self.watcher.run))
         self._greenlets.append(gevent.spawn(self._initial_scan))
 
     def _stop(self) -> None:
         for g in self._greenlets:
-            g.kill(block=False)
+            g.stop() if hasattr(g, "stop") else g.kill(block=False)
         self._greenlets = []
         self.scanner.stop()
         if self.watcher is not None:

@@ -93,14 +93,13 @@ class MetadataScanner:
 
     def start(self) -> None:
         """Start the dispatching greenlet (the process starts on first use)."""
-        from ..workers import supervised
         if self._pump is None:
-            self._pump = supervised("metadata-scanner", self._run)
+            self._pump = self.server.workers.start("metadata_scanner", self._run)
 
     def stop(self) -> None:
         """Stop dispatching and end the worker process."""
         if self._pump is not None:
-            self._pump.kill(block=False)
+            self._pump.stop()
             self._pump = None
         self._kill_proc()
 

@@ -102,8 +102,7 @@ class _CliMixin:
     machine: Any
 
     def _start_polling(self) -> None:
-        from ..workers import supervised
-        self._poller = supervised(f"machine:{self.name}", self._poll_loop)  # type: ignore
+        self._poller = self.server.workers.start(f"machine_{self.name}", self._poll_loop)  # type: ignore
 
     def _poll_loop(self) -> None:
         while True:
@@ -120,7 +119,7 @@ class _CliMixin:
     def stop(self) -> None:
         poller = getattr(self, "_poller", None)
         if poller is not None:
-            poller.kill(block=False)
+            poller.stop()
 
 
 class SystemdCliProvider(_CliMixin, BaseProvider):
