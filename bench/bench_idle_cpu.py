@@ -24,7 +24,7 @@ IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "60"))
 
 def sampler_cost(samples: int = 2000) -> float:
     """CPU microseconds per ProcStats.sample() (the 1 s sampler's work)."""
-    from moonflask.proc_stats import ProcStats
+    from moonflask.components.proc_stats import ProcStats
 
     class _Events:
         def on(self, *_a):

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import flask
 
+from . import jsonutil
+
 HTTP = "http"
 WEBSOCKET = "websocket"
 UNIX = "unix"
@@ -325,3 +327,15 @@ class Registry:
         if found is None or transport not in found[0].transports:
             return None
         return found
+
+
+# -- HTTP response helpers (shared by the transports and the few streaming routes)
+def error_response(status: int, message: str) -> flask.Response:
+    """Moonraker's HTTP error body ``{"error": {"code", "message"}}``."""
+    return flask.Response(jsonutil.dumps({"error": {"code": status, "message": message}}),
+                          status=status, mimetype="application/json")
+
+
+def json_response(obj: Any, status: int = 200) -> flask.Response:
+    """``obj`` encoded as an application/json response."""
+    return flask.Response(jsonutil.dumps(obj), status=status, mimetype="application/json")

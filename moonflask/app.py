@@ -23,40 +23,57 @@ from gevent.server import StreamServer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import MOONRAKER_VERSION, jsonutil
-from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, parse_query_args)
-from .auth import load_authorization
+from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, error_response,
+                  json_response, parse_query_args)
+from .components.authorization import load_authorization
 from .config import ConfigFile
 from .connections import ConnectionManager, UnixConnection, WebsocketConnection
-from .data_store import DataStore
+from .components.data_store import DataStore
 from .jsonrpc import Dispatcher
-from .klippy import Klippy
+from .components.klippy_apis import Klippy
 from .logs import LogManager
 from .notify import EventBus
 from .workers import Supervisor
 
 log = logging.getLogger(__name__)
 
-# Core blueprints, always registered.
-CORE_BLUEPRINTS = ("moonflask.blueprints.server", "moonflask.blueprints.printer",
-                   "moonflask.blueprints.access")
-
 # Components, in load order: Moonraker's name -> (module, the config section
 # that enables it, or None when always loaded).  A module provides
-# ``load_component(server, section) -> object`` and ``blueprint`` (an
-# ApiBlueprint, or None).
-OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
-    "database": ("moonflask.database_api", None),
-    "file_manager": ("moonflask.files.manager", None),
-    "machine": ("moonflask.machine", None),
-    "proc_stats": ("moonflask.proc_stats", None),
-    "job_state": ("moonflask.job_state", None),
-    "job_queue": ("moonflask.job_queue", None),
-    "history": ("moonflask.history", "history"),
-    "announcements": ("moonflask.announcements", None),
-    "webcam": ("moonflask.webcams", None),
-    "extensions": ("moonflask.extensions", None),
-    "notifier": ("moonflask.notifiers", None),
-    "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
+# ``load_component(server, section) -> object`` (moonflask/components/).
+COMPONENTS: dict[str, tuple[str, str | None]] = {
+    "database": ("moonflask.components.database", None),
+    "file_manager": ("moonflask.components.file_manager.manager", None),
+    "machine": ("moonflask.components.machine", None),
+    "proc_stats": ("moonflask.components.proc_stats", None),
+    "job_state": ("moonflask.components.job_state", None),
+    "job_queue": ("moonflask.components.job_queue", None),
+    "history": ("moonflask.components.history", "history"),
+    "announcements": ("moonflask.components.announcements", None),
+    "webcam": ("moonflask.components.webcam", None),
+    "extensions": ("moonflask.components.extensions", None),
+    "notifier": ("moonflask.components.notifier", None),
+    "octoprint_compat": ("moonflask.components.octoprint_compat", "octoprint_compat"),
+}
+
+# API groups (moonflask/blueprints/<group>.py) -> the component they serve:
+# a group is registered when its component loaded; None marks the core groups
+# (always), DEBUG_ONLY the ``-g`` group.
+DEBUG_ONLY = "-g"
+BLUEPRINTS: dict[str, str | None] = {
+    "server": None,
+    "printer": None,
+    "access": None,
+    "machine": "machine",
+    "files": "file_manager",
+    "database": "database",
+    "history": "history",
+    "job_queue": "job_queue",
+    "announcements": "announcements",
+    "webcams": "webcam",
+    "notifiers": "notifier",
+    "extensions": "extensions",
+    "octoprint": "octoprint_compat",
+    "debug": DEBUG_ONLY,
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
@@ -124,23 +141,31 @@ class Server:
         self.restart_hook = None
 
     # -- components -------------------------------------------------------
-    def load_optional_components(self, app: flask.Flask) -> None:
-        """Load each optional component whose section is configured and
-        register its blueprint; a failing one is logged and reported in
-        ``failed_components``."""
-        for name, (modname, section) in OPTIONAL_COMPONENTS.items():
+    def load_components(self) -> None:
+        """Load each component whose section is configured (or that is always
+        loaded); a failing one is logged and reported in ``failed_components``
+        and ``warnings``, and the server goes on without it."""
+        for name, (modname, section) in COMPONENTS.items():
             if section is not None and not self.config.has_section(section):
                 continue
             try:
                 mod = importlib.import_module(modname)
                 cfg = self.config.section(section) if section else None
                 self.components[name] = mod.load_component(self, cfg)
-                if mod.blueprint is not None:
-                    register_blueprint(app, self, mod.blueprint)
             except Exception as err:  # keep serving without it
                 log.exception("component %s failed to load", name)
                 self.failed_components.append(name)
                 self.config.runtime_warnings.append(f"[{section or name}]: {err}")
+
+    def register_blueprints(self, app: flask.Flask) -> None:
+        """Register every API group whose component is loaded (BLUEPRINTS)."""
+        for group, needs in BLUEPRINTS.items():
+            if needs == DEBUG_ONLY and not self.debug:
+                continue
+            if needs not in (None, DEBUG_ONLY) and needs not in self.components:
+                continue
+            mod = importlib.import_module(f"moonflask.blueprints.{group}")
+            register_blueprint(app, self, mod.blueprint)
 
     def lookup_component(self, name: str, default: Any = ApiError) -> Any:
         """The loaded component ``name``; without a default a missing one
@@ -222,17 +247,6 @@ class Server:
 
 
 # -- HTTP plumbing ------------------------------------------------------------
-def error_response(status: int, message: str) -> flask.Response:
-    """Moonraker's HTTP error body ``{"error": {"code", "message"}}``."""
-    return flask.Response(jsonutil.dumps({"error": {"code": status, "message": message}}),
-                          status=status, mimetype="application/json")
-
-
-def json_response(obj: Any, status: int = 200) -> flask.Response:
-    """``obj`` encoded as an application/json response."""
-    return flask.Response(jsonutil.dumps(obj), status=status, mimetype="application/json")
-
-
 def http_args(request: flask.Request) -> dict[str, Any]:
     """Query arguments (with type hints) overlaid with body arguments (JSON
     object or url-encoded form).  A malformed JSON body is a 400."""
@@ -300,9 +314,8 @@ def create_app(server: Server | None = None, start: bool = True) -> flask.Flask:
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "receive_bytes": 65536}
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["moonflask"] = server
-    for modname in CORE_BLUEPRINTS:
-        register_blueprint(app, server, importlib.import_module(modname).blueprint)
-    server.load_optional_components(app)
+    server.load_components()
+    server.register_blueprints(app)
     _install_transports(app, server)
     server.auth.install(app)
     if server.use_xheaders:  # behind nginx: the client address comes from X-Forwarded-For

@@ -401,18 +401,12 @@ def registered_endpoints():
     """Every endpoint declared by the blueprints of this checkout."""
     from moonflask import app as appmod
     eps = []
-    mods = list(appmod.CORE_BLUEPRINTS) + [m for m, section in
-                                           appmod.OPTIONAL_COMPONENTS.values() if section is None]
-    for modname in mods:
-        if importlib.util.find_spec(modname) is None:
+    for group, needs in appmod.BLUEPRINTS.items():
+        # the groups of a server started without optional sections or -g
+        if needs is not None and appmod.COMPONENTS.get(needs, ("", "-"))[1] is not None:
             continue
-        try:
-            mod = importlib.import_module(modname)
-        except Exception:
-            continue
-        bp = getattr(mod, "blueprint", None)
-        if bp is not None:
-            eps.extend(bp.endpoints)
+        mod = importlib.import_module(f"moonflask.blueprints.{group}")
+        eps.extend(mod.blueprint.endpoints)
     return eps
 
 

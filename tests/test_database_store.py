@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from moonflask.api import ApiError  # noqa: E402
-from moonflask.database import Database, DatabaseLocked, main as db_main  # noqa: E402
+from moonflask.components.database.store import Database, DatabaseLocked, main as db_main  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "data", "moonraker-sql.db")
 MOONRAKER = os.environ.get("MOONRAKER_BIN", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".reference-venv", "bin", "moonraker"))
@@ -314,7 +314,7 @@ def test_backup_restore_round_trip(data_path, tmp_path):
         before["authorized_users"]["_API_KEY_USER_"]["api_key"]
     conn.close()
     fresh = str(tmp_path / "fresh")
-    proc = subprocess.run([sys.executable, "-m", "moonflask.database", "restore", fresh, out],
+    proc = subprocess.run([sys.executable, "-m", "moonflask.components.database", "restore", fresh, out],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     with Database(os.path.join(fresh, "database")) as db:
@@ -404,7 +404,7 @@ def test_moonraker_reads_our_backup(data_path, tmp_path):
 STORM = textwrap.dedent("""\
     import os, sys
     sys.path.insert(0, %(root)r)
-    from moonflask.database import Database
+    from moonflask.components.database.store import Database
     db = Database(%(path)r, map_size=256 * 1024, max_dbs=4)
     start = int(sys.argv[1])
     out = os.fdopen(1, "w", buffering=1)
@@ -476,7 +476,7 @@ GREENLETS = textwrap.dedent("""\
     import sys
     sys.path.insert(0, %(root)r)
     import gevent
-    from moonflask.database import Database
+    from moonflask.components.database.store import Database
     db = Database(%(path)r, map_size=128 * 1024, max_dbs=4)
     ns = db.namespace("moonraker")
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from moonflask.machine import peripherals
-from moonflask.machine.peripherals import UsbIds
+from moonflask.components.machine import peripherals
+from moonflask.components.machine.peripherals import UsbIds
 
 USB_IDS = """\
 # test usb.ids
@@ -160,7 +160,7 @@ def test_can_frame_layout():
 # -- sudo requests ----------------------------------------------------------------
 def test_sudo_requests_and_alerts(tmp_path):
     from moonflask.app import Server
-    from moonflask.machine import Machine
+    from moonflask.components.machine import Machine
     srv = Server(str(tmp_path), log_file="")
     machine = Machine(srv, None)
     seen = []

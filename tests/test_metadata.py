@@ -1,4 +1,4 @@
-"""Tests for moonflask.files.metadata against Moonraker 0.11.0's extractor.
+"""Tests for moonflask.components.file_manager.metadata against Moonraker 0.11.0's extractor.
 
 Expected values are the reference extractor's own output, recorded as JSON:
 * ``../shared/gcode/*.metadata.json`` (+ ``.thumbs/``): real slicer output;
@@ -25,8 +25,8 @@ import zipfile
 
 import pytest
 
-from moonflask.files import metadata as md
-from moonflask.files.ufp import unpack_ufp
+from moonflask.components.file_manager import metadata as md
+from moonflask.components.file_manager.ufp import unpack_ufp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "data", "metadata")
@@ -281,12 +281,12 @@ def test_missing_file():
 def test_command_line(tmp_path):
     _copy(CORPUS, "slic3r_cube20_0.2mm.gcode", tmp_path)
     root = os.path.dirname(HERE)
-    p = subprocess.run([sys.executable, "-m", "moonflask.files.metadata", "-p", str(tmp_path),
+    p = subprocess.run([sys.executable, "-m", "moonflask.components.file_manager.metadata", "-p", str(tmp_path),
                         "-f", "slic3r_cube20_0.2mm.gcode"], capture_output=True, text=True,
                        cwd=root, check=True)
     out = json.loads(p.stdout)
     assert out["file"] == "slic3r_cube20_0.2mm.gcode"
     assert out["metadata"]["slicer"] == "Slic3r"
-    p = subprocess.run([sys.executable, "-m", "moonflask.files.metadata", "-p", str(tmp_path),
+    p = subprocess.run([sys.executable, "-m", "moonflask.components.file_manager.metadata", "-p", str(tmp_path),
                         "-f", "missing.gcode"], capture_output=True, text=True, cwd=root)
     assert p.returncode == 1 and p.stdout == ""

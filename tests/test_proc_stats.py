@@ -87,7 +87,7 @@ def test_sampler_is_cheap(mf):
 
 
 def test_throttled_flags():
-    from moonflask.proc_stats import parse_throttled
+    from moonflask.components.proc_stats import parse_throttled
     assert parse_throttled(0) == {"bits": 0, "flags": []}
     assert parse_throttled(0x50005) == {"bits": 0x50005, "flags": [
         "Under-Voltage Detected", "Currently Throttled",

@@ -1,6 +1,6 @@
 """The ``access.*`` endpoints.  Spec: web_api.md "Authorization".
 
-Registered with the core blueprints (app.CORE_BLUEPRINTS): authorization
+A core group (always registered, app.BLUEPRINTS): authorization
 is always in force.  ``login``, ``refresh_jwt`` and ``info`` are reachable
 without credentials (``auth=False``); everything else needs a user.
 """

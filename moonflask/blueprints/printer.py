@@ -1,7 +1,7 @@
 """Printer administration, status, G-code and print management endpoints.
 
 Spec: web_api.md "Printer Administration", "Printer Status", "GCode APIs",
-"Print Management".  Each handler is a thin call into :class:`moonflask.klippy.Klippy`.
+"Print Management".  Each handler is a thin call into :class:`moonflask.components.klippy_apis.Klippy`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,297 @@
+"""Announcements: RSS feeds from moonlight (``[announcements]``).
+Spec: web_api.md "Announcement APIs", "Appendix / Announcements",
+"Announcement update|dismissed|wake event".
+
+Feeds are ``moonraker``, ``klipper``, the ``subscriptions`` option and feeds
+added by API (stored in the database).  Each is fetched with requests from
+``https://arksine.github.io/moonlight/assets/FEED.xml`` every 30 minutes
+(conditional GET); a feed that cannot be fetched or parsed is logged and
+retried next time, its entries kept.  With ``dev_mode: True`` the feeds are
+read from ``.devel/announcement_xml/FEED.xml`` beside the moonflask package
+instead (overridable for tests with ``MOONFLASK_DEVEL_PATH``; the feed URL
+with ``MOONFLASK_ANNOUNCEMENTS_URL``, ``{feed}`` being the feed name).
+
+XML is parsed with defusedxml: entity declarations (billion laughs,
+external entities) and DTD tricks are refused.  Entries live in the
+database namespace ``announcements`` keyed by ``entry_id``; entries that
+leave their feed are pruned.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import time
+from typing import Any
+
+import gevent
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
+
+from ..api import ApiError
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_FEEDS = ("moonraker", "klipper")
+FEED_URL = "https://arksine.github.io/moonlight/assets/{feed}.xml"
+UPDATE_INTERVAL = 1800.0    # seconds
+FETCH_TIMEOUT = 10.0
+MAX_FEED_SIZE = 1 << 20     # bytes
+MAX_DESCRIPTION = 512
+ENTRIES_NS = "announcements"
+META_NS = "moonraker"
+FEEDS_KEY = "announcements.stored_feeds"
+
+
+def devel_path() -> str:
+    """Where dev_mode reads ``FEED.xml`` files."""
+    override = os.environ.get("MOONFLASK_DEVEL_PATH")
+    if override:
+        return override
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(repo, ".devel", "announcement_xml")
+
+
+class FeedError(Exception):
+    """A feed could not be fetched or parsed."""
+
+
+def parse_feed(content: bytes, feed: str) -> list[dict[str, Any]]:
+    """The entries of one moonlight RSS document.
+
+    Returns: entry dicts (without the dismiss fields).
+    Raises: FeedError for malformed XML, forbidden constructs (entity
+    declarations, external references) or a missing channel.
+    """
+    try:
+        root = SafeET.fromstring(content, forbid_dtd=True)
+    except (DefusedXmlException, SafeET.ParseError, ValueError) as err:
+        raise FeedError(f"refused XML: {err.__class__.__name__}: {err}") from None
+    channel = root.find("channel")
+    if root.tag != "rss" or channel is None:
+        raise FeedError("not an RSS document")
+    entries = []
+    for item in channel.findall("item"):
+        def text(tag: str) -> str:
+            el = item.find(tag)
+            return (el.text or "").strip() if el is not None else ""
+        guid = text("guid")
+        if not guid:
+            continue
+        try:
+            date = int(email.utils.parsedate_to_datetime(text("pubDate")).timestamp())
+        except (TypeError, ValueError):
+            date = 0
+        entries.append({
+            "entry_id": guid, "url": text("link"), "title": text("title"),
+            "description": text("description")[:MAX_DESCRIPTION],
+            "priority": "high" if text("category").lower() in ("high", "critical") else "normal",
+            "date": date, "source": "moonlight", "feed": feed,
+        })
+    return entries
+
+
+class Announcements:
+    """The announcements component.
+
+    Args:
+        server: the :class:`moonflask.app.Server`.
+        config: the ``[announcements]`` section or None.
+    """
+
+    def __init__(self, server: Any, config: Any) -> None:
+        self.server = server
+        self.dev_mode = bool(config.getboolean("dev_mode", False)) if config is not None else False
+        subs = config.getlist("subscriptions", []) if config is not None else []
+        self.config_feeds = list(DEFAULT_FEEDS)
+        for name in subs:
+            for part in name.replace(",", " ").split():
+                if part.lower() not in self.config_feeds:
+                    self.config_feeds.append(part.lower())
+        self.entries_db = server.database.namespace(ENTRIES_NS)
+        self.meta = server.database.namespace(META_NS)
+        self.stored_feeds: list[str] = list(self.meta.get(FEEDS_KEY, None) or [])
+        self.entries: dict[str, dict[str, Any]] = {
+            k: v for k, v in self.entries_db.items() if isinstance(v, dict)}
+        self._validators: dict[str, tuple[str | None, str | None]] = {}
+        self._wakers: dict[str, gevent.Greenlet] = {}
+        now = time.time()
+        for entry in self.entries.values():
+            if entry.get("dismiss_wake"):
+                self._schedule_wake(entry["entry_id"], entry["dismiss_wake"] - now)
+        self._worker = None
+        server.events.on("server:started", self._start)
+        server.events.on("server:shutdown", self._stop)
+
+    # -- lifetime ---------------------------------------------------------
+    def _start(self) -> None:
+        if self._worker is None:
+            from ..workers import announcements as refresher
+            self._worker = self.server.workers.start("announcements", refresher.run, self)
+
+    def _stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+    # -- feeds ------------------------------------------------------------
+    def feeds(self) -> list[str]:
+        """Every subscribed feed: configured first, then added by API."""
+        return self.config_feeds + [f for f in self.stored_feeds if f not in self.config_feeds]
+
+    def _fetch(self, feed: str) -> bytes | None:
+        """The feed's XML, or None when unchanged (HTTP 304)."""
+        if self.dev_mode:
+            path = os.path.join(devel_path(), f"{feed}.xml")
+            try:
+                with open(path, "rb") as fh:
+                    return fh.read(MAX_FEED_SIZE + 1)
+            except OSError as err:
+                raise FeedError(f"cannot read {path}: {err.strerror}") from None
+        import requests  # ~8 MB: loaded on first use
+        url = os.environ.get("MOONFLASK_ANNOUNCEMENTS_URL", FEED_URL).format(feed=feed)
+        headers = {}
+        etag, modified = self._validators.get(feed, (None, None))
+        if etag:
+            headers["If-None-Match"] = etag
+        if modified:
+            headers["If-Modified-Since"] = modified
+        try:
+            with requests.get(url, headers=headers, timeout=FETCH_TIMEOUT, stream=True) as resp:
+                if resp.status_code == 304:
+                    return None
+                if resp.status_code != 200:
+                    raise FeedError(f"HTTP {resp.status_code} from {url}")
+                data = resp.raw.read(MAX_FEED_SIZE + 1, decode_content=True)
+                self._validators[feed] = (resp.headers.get("ETag"),
+                                          resp.headers.get("Last-Modified"))
+        except requests.RequestException as err:
+            raise FeedError(str(err)) from None
+        return data
+
+    def _update_feed(self, feed: str) -> bool:
+        """Refresh one feed; returns True when entries changed."""
+        try:
+            data = self._fetch(feed)
+            if data is None:
+                return False
+            if len(data) > MAX_FEED_SIZE:
+                raise FeedError("feed larger than 1 MiB")
+            fresh = parse_feed(data, feed)
+        except FeedError as err:
+            log.info("Failed to update subscription '%s': %s", feed, err)
+            self._validators.pop(feed, None)
+            return False
+        changed = False
+        ids = set()
+        for entry in fresh:
+            ids.add(entry["entry_id"])
+            old = self.entries.get(entry["entry_id"])
+            new = dict(entry, dismissed=False, date_dismissed=None, dismiss_wake=None)
+            if old is not None:
+                for key in ("dismissed", "date_dismissed", "dismiss_wake"):
+                    new[key] = old.get(key, new[key])
+            if old != new:
+                self.entries[new["entry_id"]] = new
+                self.entries_db.insert(new["entry_id"], new)
+                changed = True
+        for entry_id in [k for k, v in self.entries.items()
+                         if v.get("feed") == feed and k not in ids]:
+            self._remove(entry_id)
+            changed = True
+        return changed
+
+    def _remove(self, entry_id: str) -> None:
+        self.entries.pop(entry_id, None)
+        self.entries_db.pop(entry_id, None)
+        waker = self._wakers.pop(entry_id, None)
+        if waker is not None:
+            waker.kill(block=False)
+
+    def update(self) -> bool:
+        """Refresh every feed; notifies and returns True when anything changed."""
+        changed = False
+        for feed in self.feeds():
+            changed = self._update_feed(feed) or changed
+        if changed:
+            self.server.events.notify("notify_announcement_update",
+                                      [{"entries": self.list_entries(True)}])
+        return changed
+
+    def add_feed(self, name: str) -> dict[str, Any]:
+        """server.announcements.post_feed."""
+        name = name.strip().lower()
+        if not name:
+            raise ApiError("Feed name cannot be empty", 400)
+        if name in self.feeds():
+            return {"feed": name, "action": "skipped"}
+        self.stored_feeds.append(name)
+        self.meta.insert(FEEDS_KEY, list(self.stored_feeds))
+        gevent.spawn(self._refresh_one, name)
+        return {"feed": name, "action": "added"}
+
+    def _refresh_one(self, name: str) -> None:
+        if self._update_feed(name):
+            self.server.events.notify("notify_announcement_update",
+                                      [{"entries": self.list_entries(True)}])
+
+    def remove_feed(self, name: str) -> dict[str, Any]:
+        """server.announcements.delete_feed (API-added feeds only)."""
+        name = name.strip().lower()
+        if name not in self.stored_feeds or name in self.config_feeds:
+            raise ApiError(f"Feed '{name}' not stored", 400)
+        self.stored_feeds.remove(name)
+        self.meta.insert(FEEDS_KEY, list(self.stored_feeds))
+        gone = [k for k, v in self.entries.items() if v.get("feed") == name]
+        for entry_id in gone:
+            self._remove(entry_id)
+        if gone:
+            self.server.events.notify("notify_announcement_update",
+                                      [{"entries": self.list_entries(True)}])
+        return {"feed": name, "action": "removed"}
+
+    # -- entries ----------------------------------------------------------
+    def list_entries(self, include_dismissed: bool) -> list[dict[str, Any]]:
+        """Entries newest first."""
+        out = [dict(e) for e in self.entries.values()
+               if include_dismissed or not e.get("dismissed")]
+        out.sort(key=lambda e: e.get("date", 0), reverse=True)
+        return out
+
+    def dismiss(self, entry_id: str, wake_time: float | None) -> dict[str, Any]:
+        """Dismiss an entry, optionally until ``wake_time`` seconds from now."""
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            raise ApiError(f"No key matching entry id: {entry_id}", 400)
+        now = time.time()
+        entry["dismissed"] = True
+        entry["date_dismissed"] = now
+        entry["dismiss_wake"] = now + wake_time if wake_time else None
+        self.entries_db.insert(entry_id, entry)
+        old = self._wakers.pop(entry_id, None)
+        if old is not None:
+            old.kill(block=False)
+        if wake_time:
+            self._schedule_wake(entry_id, wake_time)
+        self.server.events.notify("notify_announcement_dismissed", [{"entry_id": entry_id}])
+        return {"entry_id": entry_id}
+
+    def _schedule_wake(self, entry_id: str, delay: float) -> None:
+        self._wakers[entry_id] = gevent.spawn_later(max(delay, 0.0), self._wake, entry_id)
+
+    def _wake(self, entry_id: str) -> None:
+        self._wakers.pop(entry_id, None)
+        entry = self.entries.get(entry_id)
+        if entry is None or not entry.get("dismissed"):
+            return
+        entry.update(dismissed=False, date_dismissed=None, dismiss_wake=None)
+        self.entries_db.insert(entry_id, entry)
+        self.server.events.notify("notify_announcement_wake", [{"entry_id": entry_id}])
+
+
+def load_component(server: Any, config: Any) -> Announcements:
+    """Create the announcements component (always loaded)."""
+    if config is None and server.config.has_section("announcements"):
+        config = server.config.section("announcements")
+    return Announcements(server, config)
