@@ -25,7 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import MOONRAKER_VERSION, jsonutil
 from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, error_response,
                   json_response, parse_query_args)
-from .components.authorization import load_authorization
+from .components.authorization import CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, load_authorization
 from .config import ConfigFile
 from .connections import ConnectionManager, UnixConnection, WebsocketConnection
 from .components.data_store import DataStore
@@ -317,7 +317,7 @@ def create_app(server: Server | None = None, start: bool = True) -> flask.Flask:
     server.load_components()
     server.register_blueprints(app)
     _install_transports(app, server)
-    server.auth.install(app)
+    _install_cors(app, server)
     if server.use_xheaders:  # behind nginx: the client address comes from X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore
     if server.route_prefix:
@@ -404,3 +404,37 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
     def internal(err: Any) -> flask.Response:
         log.error("internal error: %s", getattr(err, "original_exception", err))
         return error_response(500, "Internal Server Error")
+
+
+def _install_cors(app: flask.Flask, server: Server) -> None:
+    """CORS (``[authorization] cors_domains``, preflight) and the websocket
+    Origin check, decided by the authorization component."""
+    auth = server.auth
+
+    @app.before_request
+    def _cors_preflight_and_origin() -> Any:
+        req = flask.request
+        if req.path == "/websocket" and req.method == "GET":
+            if not auth.websocket_origin_allowed(req.headers.get("Origin"), req.host):
+                return flask.Response("Cross origin websockets not allowed", status=403,
+                                      mimetype="text/html")
+            return None
+        if req.method == "OPTIONS":
+            origin = req.headers.get("Origin")
+            if auth.cors_allowed(origin):
+                resp = flask.Response(status=204)
+                resp.headers.pop("Content-Type", None)
+                resp.headers["Access-Control-Allow-Origin"] = origin
+                resp.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
+                resp.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+                return resp
+            return error_response(405, "Method Not Allowed")
+        return None
+
+    @app.after_request
+    def _cors_headers(resp: flask.Response) -> flask.Response:
+        origin = flask.request.headers.get("Origin")
+        if origin and "Access-Control-Allow-Origin" not in resp.headers \
+                and auth.cors_allowed(origin):
+            resp.headers["Access-Control-Allow-Origin"] = origin
+        return resp

@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from moonflask.api import ApiError  # noqa: E402
-from moonflask.components.database.store import Database, DatabaseLocked, main as db_main  # noqa: E402
+from moonflask.components.database.cli import main as db_main  # noqa: E402
+from moonflask.components.database.store import Database, DatabaseLocked  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "data", "moonraker-sql.db")
 MOONRAKER = os.environ.get("MOONRAKER_BIN", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".reference-venv", "bin", "moonraker"))

@@ -47,7 +47,6 @@ import time
 import uuid
 from typing import Any, Iterable
 
-import flask
 import gevent
 import gevent.lock
 import jwt
@@ -412,8 +411,9 @@ class Authorization:
             return dict(self._trusted_user)
         return None
 
-    def authenticate_http(self, request: flask.Request, endpoint: Any) -> dict | None:
-        """The user of an HTTP request.
+    def authenticate_http(self, request: Any, endpoint: Any) -> dict | None:
+        """The user of an HTTP request (``request``: ``args``, ``headers``,
+        ``remote_addr``, as a Flask request has them).
 
         Args:
             endpoint: the Endpoint (None for ``POST /server/jsonrpc``, whose
@@ -432,7 +432,7 @@ class Authorization:
             raise _unauthorized()
         return user
 
-    def authenticate_websocket(self, request: flask.Request) -> dict | None:
+    def authenticate_websocket(self, request: Any) -> dict | None:
         """The user of a websocket upgrade (oneshot token, access_token,
         API key or JWT header, trusted address); None lets the client connect
         unauthenticated: it may then log in or identify with credentials."""
@@ -482,11 +482,11 @@ class Authorization:
         low = origin.lower().rstrip("/")
         return any(p.match(low) for p in self.cors)
 
-    def websocket_origin_allowed(self, request: flask.Request) -> bool:
+    def websocket_origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Moonraker's Origin check for websocket upgrades: no Origin, the
-        server's own origin, a ``cors_domains`` match or an origin whose host
-        is a trusted client address."""
-        origin = request.headers.get("Origin")
+        server's own origin (``host``: the request's Host header), a
+        ``cors_domains`` match or an origin whose host is a trusted client
+        address."""
         if not origin:
             return True
         if self.cors_allowed(origin):
@@ -497,41 +497,9 @@ class Authorization:
             host = parts.hostname or ""
         except ValueError:
             return False
-        if parts.netloc and parts.netloc.lower() == (request.host or "").lower():
+        if parts.netloc and parts.netloc.lower() == (host or "").lower():
             return True
         return self.trusted.contains(host)
-
-    def install(self, app: flask.Flask) -> None:
-        """CORS (``cors_domains``, preflight) and the websocket Origin check."""
-
-        @app.before_request
-        def _cors_preflight_and_origin() -> Any:
-            req = flask.request
-            if req.path == "/websocket" and req.method == "GET":
-                if not self.websocket_origin_allowed(req):
-                    return flask.Response("Cross origin websockets not allowed", status=403,
-                                          mimetype="text/html")
-                return None
-            if req.method == "OPTIONS":
-                origin = req.headers.get("Origin")
-                if self.cors_allowed(origin):
-                    resp = flask.Response(status=204)
-                    resp.headers.pop("Content-Type", None)
-                    resp.headers["Access-Control-Allow-Origin"] = origin
-                    resp.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
-                    resp.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-                    return resp
-                from ...api import error_response
-                return error_response(405, "Method Not Allowed")
-            return None
-
-        @app.after_request
-        def _cors_headers(resp: flask.Response) -> flask.Response:
-            origin = flask.request.headers.get("Origin")
-            if origin and "Access-Control-Allow-Origin" not in resp.headers \
-                    and self.cors_allowed(origin):
-                resp.headers["Access-Control-Allow-Origin"] = origin
-            return resp
 
     # -- login throttling --------------------------------------------------
     def _throttle(self, ip: str) -> gevent.lock.Semaphore:

@@ -2,6 +2,6 @@
 see :func:`moonflask.components.database.store.main`."""
 import sys
 
-from .store import main
+from .cli import main
 
 sys.exit(main())

@@ -1,7 +1,10 @@
 """The LMDB storage layer: namespaces of JSON values.
 
-Spec: web_api.md "Database APIs" (the HTTP/JSON-RPC endpoints live in
-``database_api``; this module is the component they call).
+Spec: web_api.md "Database APIs" (the endpoints live in
+``blueprints/database.py``; this module is the store they call).  The
+package: ``codec`` (names, keys, values), ``namespace`` (the dict-like view
+components use), ``backup`` (export, restore, backups), ``migration``
+(Moonraker's SQLite schema), ``cli`` (the command line).
 
 Layout of ``DATA_PATH/database/`` (an LMDB environment, ``data.mdb`` +
 ``lock.mdb``):
@@ -30,196 +33,37 @@ is forbidden"``), *forbidden* ones are neither readable nor writable nor
 listed (``403 "Read/Write access to namespace 'X' is forbidden"``); see
 :meth:`Database.check_client_access`.
 
-Command line (the server must be stopped for ``restore``)::
-
-    python -m moonflask.components.database backup  DATA_PATH OUT_FILE
-    python -m moonflask.components.database restore DATA_PATH IN_FILE
-    python -m moonflask.components.database dump    DATA_PATH [NAMESPACE]
+The command line (backup, restore, dump) is :mod:`.cli`.
 
 Backups are SQLite files in Moonraker 0.11's schema (see
-``database_migrate``): portable across CPU architectures, restorable by
+``migration``): portable across CPU architectures, restorable by
 moonflask and by Moonraker.  On first start with an empty database, an
 existing ``DATA_PATH/database/moonraker-sql.db`` is imported.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import fcntl
-import hashlib
-import json
 import logging
 import os
-import re
-import sys
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import gevent
 import gevent.event
 import lmdb
-import orjson
 
 from ...api import ApiError
+from .backup import BackupMixin
+from .codec import (DEFAULT_MAX_DBS, FORBIDDEN_NAMESPACES, LITERAL_KEY_NAMESPACES, LOCK_FILE,
+                    MAX_MAX_DBS, MOONRAKER_DB_FILE, PROTECTED_NAMESPACES, SCHEMA_VERSION,
+                    _META_DB, _MISSING, _NS_PREFIX, _check_value, _db_key, _default_map_size,
+                    _dumps, _enc_str, _is_long, _loads, _nested_parent, _not_found, _ns_dbname,
+                    _ns_not_found, _pack, _unpack, parse_key)
+from .namespace import Namespace
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MOONRAKER_DB_FILE = "moonraker-sql.db"
-BACKUP_SUBDIR = os.path.join("backup", "database")
-LOCK_FILE = "moonflask.lock"
-
-#: Readable, not writable, by clients (Moonraker 0.11 protects
-#: announcements, gcode_metadata, moonraker and, with [update_manager],
-#: update_manager; the spec also reserves history).
-PROTECTED_NAMESPACES = frozenset({"moonraker", "gcode_metadata", "history", "announcements",
-                                  "update_manager"})
-#: Invisible to clients (Moonraker 0.11 forbids "database"; moonflask keeps
-#: its credentials in "authorized_users").
-FORBIDDEN_NAMESPACES = frozenset({"database", "authorized_users"})
-#: Namespaces whose keys are file paths, usernames, ids...: the
-#: :class:`Namespace` wrapper does not split their string keys on dots
-#: unless asked to (``parse_keys=True``).
-LITERAL_KEY_NAMESPACES = frozenset({"gcode_metadata", "authorized_users", "history",
-                                    "webcams", "announcements"})
-
-MAX_DIRECT_KEY = 480            # bytes; longer keys are hashed
-MAX_NAMESPACE_NAME = 500        # bytes (LMDB key limit 511, minus the prefix)
-DEFAULT_MAX_DBS = 128
-MAX_MAX_DBS = 1 << 15
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
-_NS_PREFIX = b"n:"
-_META_DB = b"m:meta"
-_LONG = 0xFF
-_MISSING = object()
-
-
-def _default_map_size() -> int:
-    # Address space only (the file grows as pages are written); 32-bit
-    # systems (Raspberry Pi OS armhf) have little of it.
-    return (1 << 30) if sys.maxsize > 2 ** 32 else (64 << 20)
-
-
-# -- encoding -------------------------------------------------------------------
-def _enc_str(s: str) -> bytes:
-    return s.encode("utf-8", "surrogatepass")
-
-
-def _dumps(value: Any) -> bytes:
-    # orjson is several times faster (a nested write re-encodes its whole
-    # top-level value); the standard library handles what orjson refuses:
-    # integers beyond 64 bits and lone surrogates.
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
-            "utf-8", "surrogatepass")
-
-
-def _loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(bytes(raw).decode("utf-8", "surrogatepass"))
-
-
-def _db_key(key: str) -> bytes:
-    b = _enc_str(key)
-    if 0 < len(b) <= MAX_DIRECT_KEY:
-        return b
-    return bytes([_LONG]) + hashlib.sha256(b).digest()
-
-
-def _is_long(k: bytes) -> bool:
-    return len(k) > 0 and k[0] == _LONG
-
-
-def _pack(key: str, kb: bytes, value: Any) -> bytes:
-    return _dumps([key, value]) if _is_long(kb) else _dumps(value)
-
-
-def _unpack(kb: bytes, raw: bytes) -> tuple[str, Any]:
-    if _is_long(kb):
-        key, value = _loads(raw)
-        return key, value
-    return bytes(kb).decode("utf-8", "surrogatepass"), _loads(raw)
-
-
-def _ns_dbname(namespace: str) -> bytes:
-    if not isinstance(namespace, str):
-        raise ApiError(f"Invalid namespace: {namespace!r}", 400)
-    b = _NS_PREFIX + _enc_str(namespace)
-    if len(b) - len(_NS_PREFIX) > MAX_NAMESPACE_NAME:
-        raise ApiError("Namespace name too long", 400)
-    return b
-
-
-def _check_value(value: Any, top: bool = True) -> bytes:
-    """JSON of a value; ApiError 400 when it cannot be stored.  A top-level
-    int must fit int64 (Moonraker stores it so, and says exactly this)."""
-    if top and isinstance(value, int) and not isinstance(value, bool) and \
-            not INT64_MIN <= value <= INT64_MAX:
-        raise ApiError(f"Error encoding val: {value}, type: {type(value)}", 400)
-    try:
-        return _dumps(value)
-    except (TypeError, ValueError) as e:
-        raise ApiError(f"Error encoding val: {value}, type: {type(value)}", 400) from e
-
-
-def _nested_parent(top: Any, parts: list[str], namespace: str, key: Any) -> dict:
-    """The object holding ``parts[-1]`` below ``top`` (``parts[1:-1]`` the
-    path); ApiError 404 when a level or the last key is missing."""
-    node = top
-    for p in parts[1:-1]:
-        if not isinstance(node, dict) or not isinstance(node.get(p), dict):
-            raise _not_found(namespace, key)
-        node = node[p]
-    if not isinstance(node, dict) or parts[-1] not in node:
-        raise _not_found(namespace, key)
-    return node
-
-
-def parse_key(key: str | list | tuple) -> list[str]:
-    """Split a database key into its parts.
-
-    Args:
-        key: ``"a.b.c"`` (dot-separated) or ``["a", "b.c"]`` (each element
-            one level, dots allowed inside).
-    Returns:
-        the list of parts, at least one.
-    Raises:
-        ApiError(400, "Invalid Key Format: '<key>'"): empty key, empty part
-        (``"a..b"``, ``"a."``), empty list, a non-string part; an
-        argument of another type gives "Value for argument 'key' is an
-        invalid type: <type>" (Moonraker's messages).
-    """
-    if isinstance(key, str):
-        parts = key.split(".")
-    elif isinstance(key, (list, tuple)):
-        parts = list(key)
-        if any(not isinstance(p, str) for p in parts):
-            raise ApiError(f"Invalid Key Format: '{_key_repr(key)}'", 400)
-    else:
-        raise ApiError(f"Value for argument 'key' is an invalid type: {type(key).__name__}", 400)
-    if not parts or any(p == "" for p in parts):
-        raise ApiError(f"Invalid Key Format: '{_key_repr(key)}'", 400)
-    return parts
-
-
-def _key_repr(key: Any) -> str:
-    return str(list(key)) if isinstance(key, tuple) else str(key)
-
-
-def _not_found(namespace: str, key: Any) -> ApiError:
-    return ApiError(f"Key '{_key_repr(key)}' in namespace '{namespace}' not found", 404)
-
-
-def _ns_not_found(namespace: str) -> ApiError:
-    # Moonraker's message has no quotes around the name.
-    return ApiError(f"Namespace {namespace} not found", 404)
-
-
-# -- transactions -----------------------------------------------------------------
 class _Txn:
     """A write transaction in progress (internal)."""
 
@@ -276,7 +120,7 @@ class _WriteJob:
         self._done.set()
 
 
-class Database:
+class Database(BackupMixin):
     """The namespaces store.
 
     Args:
@@ -935,107 +779,6 @@ class Database:
         name = _ns_dbname(namespace)
         self._write(lambda t: t.drop(name))
 
-    # -- whole database ---------------------------------------------------------------
-    def export_all(self) -> dict[str, dict[str, Any]]:
-        """Every namespace with its items, from ONE consistent snapshot.
-
-        Returns:
-            ``{namespace: {key: value}}``.
-        """
-        out: dict[str, dict[str, Any]] = {}
-        names = self.list_namespaces()
-        if self._max_dbs < len(names) + 4:
-            # Open every handle without the table filling up midway (a
-            # reopen would invalidate the handles already collected).
-            with self._wlock:
-                self._max_dbs = min(1 << (len(names) + 4).bit_length(), MAX_MAX_DBS)
-                self._env.close()
-                self._open_env()
-        handles = {ns: self._read_dbi(_ns_dbname(ns)) for ns in names}
-        with self._begin() as txn:
-            for ns, dbi in handles.items():
-                if dbi is None:
-                    continue
-                if txn.get(_ns_dbname(ns)) is None:
-                    continue
-                out[ns] = dict(_unpack(k, v) for k, v in txn.cursor(db=dbi))
-        return out
-
-    def replace_all(self, data: dict[str, dict[str, Any]]) -> None:
-        """Atomically replace every namespace with ``data`` (restore).
-        Registered namespaces missing from ``data`` are recreated empty."""
-        for ns, items in data.items():
-            _ns_dbname(ns)
-            for key, value in items.items():
-                if not isinstance(key, str):
-                    raise ApiError(f"Invalid Key Format: '{key}'", 400)
-
-        def fn(t: _Txn) -> None:
-            self._put_all(t, data, replace=True)
-            for ns in self._registered:
-                t.dbi(_ns_dbname(ns), create=True)
-        self._write(fn)
-
-    def backup(self, path: str) -> str:
-        """Write a backup (Moonraker-schema SQLite, atomic) of the current
-        state to ``path``.
-
-        Returns:
-            the absolute path written.
-        Raises:
-            OSError: the file cannot be written.
-        """
-        path = os.path.abspath(path)
-        from . import migration as migrate
-        migrate.write_sqlite(self.export_all(), path)
-        return path
-
-    def restore(self, path: str) -> dict[str, list[str]]:
-        """Replace the whole database with the content of a backup (or of a
-        Moonraker ``moonraker-sql.db``), atomically.
-
-        Returns:
-            ``{"restored_tables": [...], "restored_namespaces": [...]}`` (the
-            shape of Moonraker's ``server.database.restore`` result).
-        Raises:
-            database_migrate.FormatError: not a Moonraker/moonflask database.
-        """
-        from . import migration as migrate
-        data = migrate.read_sqlite(path)
-        self.replace_all(data)
-        return {"restored_tables": migrate.sqlite_tables(path),
-                "restored_namespaces": sorted(data)}
-
-    def backup_dir(self) -> str:
-        """``DATA_PATH/backup/database`` (where Moonraker keeps its backups)."""
-        return os.path.join(os.path.dirname(self.path), BACKUP_SUBDIR)
-
-    def list_backups(self) -> list[str]:
-        """File names in :meth:`backup_dir` (``server.database.list``'s
-        ``backups``), sorted."""
-        try:
-            return sorted(f for f in os.listdir(self.backup_dir())
-                          if not f.startswith(".") and
-                          os.path.isfile(os.path.join(self.backup_dir(), f)))
-        except OSError:
-            return []
-
-    def backup_path(self, filename: str | None = None) -> str:
-        """Absolute path of a backup in :meth:`backup_dir`.
-
-        Args:
-            filename: a plain file name; default
-                ``sqldb-backup-YYYYmmdd-HHMMSS.db`` (Moonraker's pattern).
-        Raises:
-            ApiError(400, "Invalid name NAME."): a path, ``..``, empty.
-        """
-        if filename is None:
-            filename = datetime.datetime.now().strftime("sqldb-backup-%Y%m%d-%H%M%S.db")
-        if not isinstance(filename, str) or not re.fullmatch(r"[^/\\\x00]+", filename) or \
-                filename in (".", "..") or filename.startswith("."):
-            raise ApiError(f"Invalid name {filename}.", 400)
-        return os.path.join(self.backup_dir(), filename)
-
     def stats(self) -> dict[str, Any]:
         """Diagnostics: ``{"map_size", "file_size", "max_dbs", "namespaces"}``."""
         data_file = os.path.join(self.path, "data.mdb")
@@ -1046,176 +789,3 @@ class Database:
 
 class DatabaseLocked(Exception):
     """Another process holds the database (or a restore is running)."""
-
-
-class Namespace:
-    """One namespace, for components (history, auth, job queue, webcams,
-    announcements, metadata cache).  Obtain it with :meth:`Database.namespace`.
-
-    Keys are strings; with ``parse_keys`` a dotted string is a nested path
-    (``"history.job_totals"``); a list key is always a nested path.  Values
-    returned are fresh copies (mutating them changes nothing stored).
-    """
-
-    def __init__(self, db: Database, name: str, parse_keys: bool) -> None:
-        self.db = db
-        self.name = name
-        self.parse_keys = parse_keys
-
-    def _parts(self, key: Any) -> list[str]:
-        if isinstance(key, str) and not self.parse_keys:
-            return [key]
-        return parse_key(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The value at ``key``, or ``default`` when missing."""
-        parts = self._parts(key)
-        return self.db._get_parts(self.name, _ns_dbname(self.name), parts, key, default)
-
-    def __getitem__(self, key: Any) -> Any:
-        parts = self._parts(key)
-        try:
-            return self.db._get_parts(self.name, _ns_dbname(self.name), parts, key, _MISSING)
-        except ApiError as e:
-            if e.status == 404:
-                raise KeyError(key) from None
-            raise
-
-    def __contains__(self, key: Any) -> bool:
-        absent = object()
-        return self.get(key, absent) is not absent
-
-    def insert(self, key: Any, value: Any) -> Any:
-        """Store ``value`` at ``key`` (durably); returns ``value``.
-        Raises ApiError(400) for an unstorable value."""
-        return self.db._insert(self.name, self._parts(key), value)
-
-    __setitem__ = insert
-
-    def update(self, key: Any, value: Any) -> Any:
-        """:meth:`Database.update_item` (merge objects); ApiError 404 if missing."""
-        return self.db.update_item(self.name, self._parts(key), value)
-
-    def delete(self, key: Any) -> Any:
-        """Delete ``key``; returns the deleted value.  Raises ApiError(404)
-        when missing (use :meth:`pop` to ignore that)."""
-        return self.db.delete_item(self.name, self._parts(key))
-
-    def __delitem__(self, key: Any) -> None:
-        try:
-            self.delete(key)
-        except ApiError as e:
-            if e.status == 404:
-                raise KeyError(key) from None
-            raise
-
-    def pop(self, key: Any, default: Any = None) -> Any:
-        """Delete ``key`` and return its value, or ``default`` when missing."""
-        try:
-            return self.delete(key)
-        except ApiError as e:
-            if e.status == 404:
-                return default
-            raise
-
-    def keys(self) -> list[str]:
-        """Top-level keys, in order."""
-        return self.db.ns_keys(self.name)
-
-    def values(self) -> list[Any]:
-        """Top-level values, in key order."""
-        return [v for _, v in self.db.ns_items(self.name)]
-
-    def items(self) -> list[tuple[str, Any]]:
-        """``[(key, value), ...]`` in key order."""
-        return self.db.ns_items(self.name)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The whole namespace as a dict."""
-        return dict(self.db.ns_items(self.name))
-
-    def __len__(self) -> int:
-        return self.db.ns_length(self.name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def insert_batch(self, items: dict[str, Any]) -> None:
-        """Store several top-level keys in one transaction."""
-        self.db.insert_batch(self.name, items)
-
-    def get_batch(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the top-level keys that exist."""
-        return self.db.get_batch(self.name, keys)
-
-    def delete_batch(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Delete several top-level keys in one transaction; returns the deleted."""
-        return self.db.delete_batch(self.name, keys)
-
-    def clear(self) -> None:
-        """Delete every key."""
-        self.db.clear_namespace(self.name)
-
-
-# -- command line ---------------------------------------------------------------------
-def _db_dir(data_path: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(data_path)), "database")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m moonflask.components.database {backup,restore,dump} DATA_PATH ...``.
-
-    Returns:
-        the exit status (0 ok, 1 error, 2 database in use).
-    """
-    p = argparse.ArgumentParser(prog="python -m moonflask.components.database",
-                                description="moonflask database backup / restore")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("backup", help="write a portable backup (Moonraker-schema SQLite)")
-    b.add_argument("data_path")
-    b.add_argument("out_file")
-    r = sub.add_parser("restore", help="replace the database with a backup or a "
-                       "Moonraker moonraker-sql.db (stop moonflask first)")
-    r.add_argument("data_path")
-    r.add_argument("in_file")
-    d = sub.add_parser("dump", help="print the database (or one namespace) as JSON")
-    d.add_argument("data_path")
-    d.add_argument("namespace", nargs="?")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from . import migration as migrate
-    path = _db_dir(args.data_path)
-    try:
-        if args.cmd == "backup":
-            if not os.path.exists(os.path.join(path, "data.mdb")):
-                print(f"no moonflask database in {path}", file=sys.stderr)
-                return 1
-            with Database(path, readonly=True) as db:
-                out = db.backup(args.out_file)
-                n = len(db.list_namespaces())
-            print(f"backup of {n} namespaces written to {out}")
-        elif args.cmd == "restore":
-            data = migrate.read_sqlite(args.in_file)
-            with Database(path, exclusive=True, import_moonraker=False) as db:
-                db.replace_all(data)
-            print(f"restored {len(data)} namespaces from {args.in_file}: "
-                  + ", ".join(sorted(data)))
-        else:
-            with Database(path, readonly=True) as db:
-                if args.namespace is None:
-                    data = db.export_all()
-                else:
-                    data = db.get_item(args.namespace)
-            json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-            print()
-    except DatabaseLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (migrate.FormatError, OSError, lmdb.Error, ApiError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,7 +32,8 @@ import gevent
 
 from ...config import ConfigError
 from ...api import ApiError
-from .roots import (WRITABLE_ROOTS, Root, clean_relative, file_permissions, is_dir,
+from .upload_handler import UploadMixin
+from .roots import (os_error, threadpool, Root, clean_relative, file_permissions, is_dir,
                     is_gcode, join, split_root, stat_info)
 from .scanner import PRIO_BACKGROUND, PRIO_REQUEST, MetadataCache, MetadataScanner, ScanError
 
@@ -42,17 +43,7 @@ log = logging.getLogger(__name__)
 SUPPRESS_GRACE = 1.0     # seconds inotify events of our own changes are ignored
 
 
-def _threadpool(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking ``fn(*args)`` in gevent's threadpool and return its result."""
-    return gevent.get_hub().threadpool.apply(fn, args)
-
-
-def _os_error(err: OSError, rel: str) -> ApiError:
-    """An OSError as a client error that names the root-relative path only."""
-    return ApiError(f"{err.strerror or 'Error'}: {rel}", 400)
-
-
-class FileManager:
+class FileManager(UploadMixin):
     """The file manager component.
 
     Args:
@@ -393,7 +384,7 @@ class FileManager:
             with os.scandir(full) as it:
                 entries = list(it)
         except OSError as err:
-            raise _os_error(err, path) from None
+            raise os_error(err, path) from None
         for e in entries:
             try:
                 st = e.stat()
@@ -530,7 +521,7 @@ class FileManager:
             try:
                 os.mkdir(full)
             except OSError as err:
-                raise _os_error(err, path) from None
+                raise os_error(err, path) from None
         result = {"item": self._item(root.name, rel), "action": "create_dir"}
         self._notify("create_dir", result["item"])
         return result
@@ -548,13 +539,13 @@ class FileManager:
                 if os.path.islink(full):
                     os.unlink(full)
                 elif force:
-                    _threadpool(shutil.rmtree, full)
+                    threadpool(shutil.rmtree, full)
                 else:
                     os.rmdir(full)
             except OSError as err:
                 if err.errno == 39:
                     raise ApiError(f"Directory not empty ({path})", 400) from None
-                raise _os_error(err, path) from None
+                raise os_error(err, path) from None
         if root.name == "gcodes":
             self._forget_metadata(rel, True)
         result = {"item": self._item(root.name, rel, deleted=True), "action": "delete_dir"}
@@ -573,7 +564,7 @@ class FileManager:
             try:
                 os.unlink(full)
             except OSError as err:
-                raise _os_error(err, path) from None
+                raise os_error(err, path) from None
         if root.name == "gcodes":
             self._forget_metadata(rel, False)
         result = {"item": self._item(root.name, rel, deleted=True), "action": "delete_file"}
@@ -614,18 +605,18 @@ class FileManager:
             try:
                 if copy:
                     if src_is_dir:
-                        _threadpool(shutil.copytree, src_full, dst_full, True)
+                        threadpool(shutil.copytree, src_full, dst_full, True)
                     else:
-                        _threadpool(shutil.copy2, src_full, dst_full)
+                        threadpool(shutil.copy2, src_full, dst_full)
                 else:
                     try:
                         os.rename(src_full, dst_full)
                     except OSError as err:
                         if err.errno != 18:   # EXDEV: another file system
                             raise
-                        _threadpool(shutil.move, src_full, dst_full)
+                        threadpool(shutil.move, src_full, dst_full)
             except OSError as err:
-                raise _os_error(err, source) from None
+                raise os_error(err, source) from None
             if not copy and src_root.name == "gcodes":
                 self._forget_metadata(src_rel, src_is_dir)
             if dst_root.name == "gcodes":
@@ -695,13 +686,13 @@ class FileManager:
 
         with self.suppress((dst_root.name, dst_rel)):
             try:
-                _threadpool(build)
+                threadpool(build)
             except OSError as err:
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
-                raise _os_error(err, dest) from None
+                raise os_error(err, dest) from None
         item = self._item(dst_root.name, dst_rel)
         self._notify("create_file", item)
         return {"destination": item, "action": "zip_files"}
@@ -715,163 +706,6 @@ class FileManager:
         None restores the default (start the print through Klippy when idle).
         """
         self._upload_print_handler = handler
-
-    def _start_print(self, rel: str) -> tuple[bool, bool]:
-        if self._upload_print_handler is not None:
-            started, queued = self._upload_print_handler(rel)
-            return bool(started), bool(queued)
-        klippy = self.server.klippy
-        if klippy.state != "ready":
-            return False, False
-        ps = klippy.status.get("print_stats") or {}
-        if ps.get("state") in ("printing", "paused"):
-            return False, False
-        name = rel.replace('"', '\\"')
-        try:
-            self.server.events.emit("printer:print_start_requested", rel)
-            klippy.request("gcode/script", {"script": f'SDCARD_PRINT_FILE FILENAME="{name}"'})
-        except ApiError as err:
-            log.info("print of uploaded %s not started: %s", rel, err.message)
-            return False, False
-        return True, False
-
-    def handle_upload(self, request: Any, default_root: str = "gcodes",
-                      force_print: bool | None = None) -> dict[str, Any]:
-        """``POST /server/files/upload`` (and OctoPrint's ``/api/files/local``).
-
-        Streams the body to a hidden temporary file in the destination root,
-        checks the checksum, renames it into place, scans gcode metadata,
-        announces ``create_file`` and starts the print when asked.
-        Returns: the upload result (``item``, ``action``, and for gcodes
-        ``print_started``/``print_queued``); extra key ``_fields`` holds the
-        form fields (removed by the HTTP handler).
-        Raises: ApiError 400/403/413/422.
-        """
-        def choose_dir(fields: dict[str, str]) -> str:
-            root = self.roots.get(fields.get("root", default_root).strip().lower() or
-                                  default_root)
-            if root is None or not root.writable:
-                root = self.roots[default_root]
-            return root.path
-
-        from . import uploads  # streaming_form_data is large: loaded with the first upload
-        up = uploads.receive(request, choose_dir, self.server.max_upload_size)
-        try:
-            return self._finish_upload(up, default_root, force_print)
-        finally:
-            up.discard()
-
-    def _finish_upload(self, up: Any, default_root: str,
-                       force_print: bool | None) -> dict[str, Any]:
-        fields = up.fields
-        root_name = (fields.get("root") or default_root).strip().lower()
-        root = self.roots.get(root_name)
-        if root is None:
-            raise ApiError(f"Root {root_name} not available", 400)
-        if root_name not in WRITABLE_ROOTS or not root.writable:
-            raise ApiError(f"Invalid root request: {root_name}", 400)
-        filename = up.filename.strip()
-        if not filename:
-            raise ApiError("Multipart filename omitted", 400)
-        raw_sub = fields.get("path", "")
-        if raw_sub.startswith("/") or filename.startswith("/"):
-            raise ApiError("Invalid path in argument [path]: absolute paths are not allowed",
-                           403)
-        sub = clean_relative(raw_sub, "path")
-        name_rel = clean_relative(filename, "filename")
-        if not name_rel:
-            raise ApiError(f"Invalid file name: {filename}", 400)
-        rel = f"{sub}/{name_rel}" if sub else name_rel
-        full = join(root, rel)
-        checksum = fields.get("checksum", "").strip().lower()
-        if checksum and checksum != up.sha256:
-            raise ApiError(f"File checksum mismatch: expected {checksum}, "
-                           f"calculated {up.sha256}", 422)
-        if is_dir(full):
-            raise ApiError(f"Invalid file name, a directory exists: {rel}", 400)
-        try:
-            self.check_not_printing(root, rel)
-        except ApiError:
-            raise ApiError("File is loaded, upload not permitted", 403) from None
-        folder = os.path.dirname(full)
-        if sub:
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as err:
-                raise _os_error(err, sub) from None
-        elif not os.path.isdir(folder):
-            raise ApiError(f"Directory does not exist: {os.path.dirname(rel)}", 400)
-        ufp = root_name == "gcodes" and rel.lower().endswith(".ufp")
-        if ufp:
-            rel = rel[:-4] + ".gcode"
-            full = join(root, rel)
-        with self.suppress((root.name, rel)):
-            try:
-                if ufp:
-                    tmp_gcode = os.path.join(folder, f".{os.path.basename(full)}.mfufp")
-                    try:
-                        self.scanner.unpack_ufp(up.temp_path, tmp_gcode)
-                        os.replace(tmp_gcode, full)
-                    except ScanError as err:
-                        raise ApiError(f"Unable to unpack UFP file: {err}", 400) from None
-                    finally:
-                        if os.path.exists(tmp_gcode):
-                            os.unlink(tmp_gcode)
-                else:
-                    self._place(up.temp_path, full)
-                    up.temp_path = None
-                _fsync_dir(folder)
-            except OSError as err:
-                raise _os_error(err, rel) from None
-        thumbs: list[tuple[str, str]] = []
-        if root.name == "gcodes" and is_gcode(rel):
-            self.metadata.delete(rel)
-            thumbs = self.scan_with_thumbnails(rel, check_objects=self.enable_object_processing)
-        item = self._item(root.name, rel)
-        result: dict[str, Any] = {"item": item, "action": "create_file"}
-        print_requested = False
-        if root.name == "gcodes" and is_gcode(rel):
-            want = fields.get("print", "false").strip().lower() == "true"
-            print_requested = want if force_print is None else force_print
-            started = queued = False
-            if print_requested:
-                started, queued = self._start_print(rel)
-            result["print_started"] = started
-            result["print_queued"] = queued
-        self._notify("create_file", item)
-        self._announce_thumbnails(thumbs)
-        self.server.events.emit("file_manager:upload_complete", {
-            "root": root.name, "path": rel, "print_requested": print_requested,
-            "size": item.get("size"), "checksum": up.sha256})
-        result["_fields"] = fields
-        return result
-
-    @staticmethod
-    def _place(temp: str, dest: str) -> None:
-        try:
-            os.replace(temp, dest)
-        except OSError as err:
-            if err.errno != 18:    # EXDEV: the destination is on another file system
-                raise
-            part = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.mfpart")
-            _threadpool(shutil.copyfile, temp, part)
-            with open(part, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(part, dest)
-            os.unlink(temp)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_component(server: Any, config: Any) -> FileManager:

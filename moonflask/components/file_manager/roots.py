@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+import gevent
 
 from ...api import ApiError
 
@@ -129,3 +131,13 @@ def is_dir(path: str) -> bool:
         return stat.S_ISDIR(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def threadpool(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking ``fn(*args)`` in gevent's threadpool and return its result."""
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def os_error(err: OSError, rel: str) -> ApiError:
+    """An OSError as a client error that names the root-relative path only."""
+    return ApiError(f"{err.strerror or 'Error'}: {rel}", 400)
