@@ -19,6 +19,9 @@ from typing import Any, Callable, Iterable
 log = logging.getLogger(__name__)
 
 _SENTINEL = object()
+#: The minimal example configuration that ``make run`` installs.
+EXAMPLE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "config", "moonraker.conf")
 _SECRET_RE = re.compile(r"\{secrets\.([^{}\s]+)\}")
 
 
@@ -87,10 +90,9 @@ class ConfigFile:
                 self._read(os.path.abspath(match), seen)
 
     def _load_secrets(self) -> None:
-        sec = self.sections.get("secrets")
-        if sec is None:
+        if "secrets" not in self.sections:
             return
-        path = sec.get("secrets_path")
+        path = self.section("secrets").get("secrets_path", None)
         if not path:
             return
         path = os.path.expanduser(path)
@@ -265,14 +267,15 @@ def _bounded(value: Any, minval: Any, maxval: Any) -> Any:
 
 
 def write_default_config(path: str, klippy_socket: str, extra: Iterable[str] = ()) -> None:
-    """Write a minimal moonraker.conf at ``path`` if none exists (used by
-    ``make run`` for a fresh ``printer_data``)."""
+    """Write the minimal moonraker.conf (``config/moonraker.conf`` of the
+    checkout, with ``klippy_uds_address`` set to ``klippy_socket``) at
+    ``path`` if none exists (used by ``make run`` for a fresh
+    ``printer_data``); ``extra`` lines are appended."""
     if os.path.exists(path):
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    lines = ["[server]", "host: 0.0.0.0", "port: 7125", f"klippy_uds_address: {klippy_socket}",
-             "", "[authorization]", "trusted_clients:", "    127.0.0.0/8", "    ::1/128",
-             "    10.0.0.0/8", "    172.16.0.0/12", "    192.168.0.0/16", "cors_domains:",
-             "    *.local", "    *://localhost", "    *://localhost:*", "", *extra]
+    with open(EXAMPLE_CONFIG, encoding="utf-8") as fh:
+        text = fh.read()
+    text = re.sub(r"(?m)^klippy_uds_address:.*$", f"klippy_uds_address: {klippy_socket}", text)
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write(text + "".join(f"{line}\n" for line in extra))

@@ -94,3 +94,36 @@ def test_bad_config_refuses_to_start(tmp_root, printer):
     with pytest.raises(RuntimeError) as err:
         srv.start()
     assert "max_websocket_connections" in str(err.value)
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")
+
+
+def test_full_example_config_is_what_moonflask_reads(start_server):
+    """config/moonraker-full.conf names only options moonflask reads: started
+    with it (its [server] replaced by the test's), no warning, no failed
+    component, and every section it enables is loaded."""
+    with open(os.path.join(EXAMPLES, "moonraker-full.conf")) as fh:
+        text = fh.read()
+    rest = text[text.index("#[include"):]           # everything after [server]
+    srv = start_server(config=rest)
+    info = srv.result("GET", "/server/info")
+    warnings = [w for w in info["warnings"] if "DBus Connection Not available" not in w]
+    assert warnings == [] and info["failed_components"] == []
+    assert {"history", "file_manager", "machine", "job_queue", "announcements",
+            "data_store", "authorization"} <= set(info["components"])
+    cfg = srv.result("GET", "/server/config")["config"]
+    assert cfg["data_store"] == {"temperature_store_size": 1200, "gcode_store_size": 1000}
+
+
+def test_make_run_writes_the_minimal_example(tmp_path):
+    from moonflask.config import write_default_config
+    dest = tmp_path / "config" / "moonraker.conf"
+    write_default_config(str(dest), "/run/klippy.sock")
+    cfg = ConfigFile(str(dest))
+    assert cfg.section("server").get("klippy_uds_address") == "/run/klippy.sock"
+    assert cfg.section("authorization").getlist("trusted_clients")[0] == "127.0.0.0/8"
+    with open(os.path.join(EXAMPLES, "moonraker.conf")) as fh:
+        example = fh.read()
+    assert dest.read_text() == example.replace("~/printer_data/comms/klippy.sock",
+                                               "/run/klippy.sock")
