@@ -38,7 +38,8 @@ from .workers import Supervisor
 log = logging.getLogger(__name__)
 
 # Components, in load order: Moonraker's name -> (module, the config section
-# that enables it, or None when always loaded).  A module provides
+# that enables it, a prefix ending in a space for "[notifier NAME]"-style
+# sections, or None when always loaded).  A module provides
 # ``load_component(server, section) -> object`` (moonflask/components/).
 COMPONENTS: dict[str, tuple[str, str | None]] = {
     "database": ("moonflask.components.database", None),
@@ -51,7 +52,7 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "announcements": ("moonflask.components.announcements", None),
     "webcam": ("moonflask.components.webcam", None),
     "extensions": ("moonflask.components.extensions", None),
-    "notifier": ("moonflask.components.notifier", None),
+    "notifier": ("moonflask.components.notifier", "notifier "),
     "octoprint_compat": ("moonflask.components.octoprint_compat", "octoprint_compat"),
 }
 
@@ -146,11 +147,14 @@ class Server:
         loaded); a failing one is logged and reported in ``failed_components``
         and ``warnings``, and the server goes on without it."""
         for name, (modname, section) in COMPONENTS.items():
-            if section is not None and not self.config.has_section(section):
+            if section is not None and not (self.config.prefix_sections(section)
+                                            if section.endswith(" ")
+                                            else self.config.has_section(section)):
                 continue
             try:
                 mod = importlib.import_module(modname)
-                cfg = self.config.section(section) if section else None
+                cfg = self.config.section(section) if section and not section.endswith(" ") \
+                    else None
                 self.components[name] = mod.load_component(self, cfg)
             except Exception as err:  # keep serving without it
                 log.exception("component %s failed to load", name)

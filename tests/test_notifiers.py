@@ -140,3 +140,15 @@ def test_debug_endpoint_needs_debug_flag(start_server, receiver, tmp_path):
                          data_path=str(tmp_path / "pd"))
     assert other.post("/debug/notifiers/test?name=x").status_code == 404
     assert other.result("GET", "/server/notifiers/list")["notifiers"][0]["name"] == "x"
+
+
+def test_not_loaded_without_a_notifier_section(start_server):
+    """As the reference: no [notifier ...] section, no notifier component."""
+    from helpers import RpcError
+    plain = start_server()
+    resp = plain.get("/server/notifiers/list")
+    assert resp.status_code == 404
+    with pytest.raises(RpcError) as err:
+        plain.ws().call("server.notifiers.list")
+    assert err.value.code == -32601
+    assert "notifier" not in plain.result("GET", "/server/info")["components"]

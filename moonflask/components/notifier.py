@@ -172,5 +172,6 @@ class Notifiers:
 
 
 def load_component(server: Any, _config: Any) -> Notifiers:
-    """Create the notifiers (always loaded; ``[notifier NAME]`` sections)."""
+    """Create the notifiers (loaded when a ``[notifier NAME]`` section exists,
+    as Moonraker: without one ``server.notifiers.list`` is not there)."""
     return Notifiers(server)
