@@ -11,9 +11,8 @@ from typing import Any
 
 import flask
 
-from ..api import ALL_TRANSPORTS, HTTP, ApiBlueprint, ApiError, ApiRequest, json_response
+from ..api import ALL_TRANSPORTS, HTTP, ApiBlueprint, ApiRequest, json_response
 from ..components.file_manager.manager import FileManager
-from ..components.file_manager.roots import clean_relative, is_gcode, join
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ TEXT_EXTENSIONS = (".gcode", ".g", ".gco", ".nc", ".cfg", ".conf", ".log", ".txt
 
 
 def _fm(req: ApiRequest) -> FileManager:
-    return req.server.components["file_manager"]
+    return req.server.lookup_component("file_manager")
 
 
 # -- endpoints -----------------------------------------------------------------
@@ -41,57 +40,22 @@ def files_roots(req: ApiRequest) -> list[dict[str, Any]]:
     return [r.info() for r in _fm(req).roots.values()]
 
 
-def _gcode_filename(req: ApiRequest) -> str:
-    raw = req.args.get_str("filename")
-    if raw.startswith("/"):
-        raise ApiError("Invalid path in argument [filename]: absolute paths are not allowed",
-                       403)
-    return clean_relative(raw, "filename")
-
-
 @blueprint.endpoint("/server/files/metadata", ["GET"])
 def files_metadata(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Get GCode Metadata"."""
-    fm = _fm(req)
-    rel = _gcode_filename(req)
-    md = fm.get_metadata(rel) if rel and is_gcode(rel) else None
-    if md is None:
-        raise ApiError(f"Metadata not available for <{rel}>", 404)
-    out = dict(md)
-    out["filename"] = rel
-    return out
+    return _fm(req).metadata_of(req.args.get_str("filename"))
 
 
 @blueprint.endpoint("/server/files/metascan", ["GET", "POST"], rpc="server.files.metascan")
 def files_metascan(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Scan GCode Metadata" (forces a rescan)."""
-    fm = _fm(req)
-    rel = _gcode_filename(req)
-    full = join(fm.roots["gcodes"], rel)
-    if not rel or not os.path.isfile(full):
-        raise ApiError(f"File '{rel}' does not exist", 404)
-    fm._forget_metadata(rel, False, remove_thumbs=False)
-    out = dict(fm.scan_metadata(rel))
-    out["filename"] = rel
-    return out
+    return _fm(req).rescan(req.args.get_str("filename"))
 
 
 @blueprint.endpoint("/server/files/thumbnails", ["GET"])
 def files_thumbnails(req: ApiRequest) -> list[dict[str, Any]]:
     """web_api.md "Get GCode Thumbnails": paths relative to ``gcodes``."""
-    fm = _fm(req)
-    rel = _gcode_filename(req)
-    md = fm.get_metadata(rel) if rel and is_gcode(rel) else None
-    if md is None:
-        return []
-    folder = os.path.dirname(rel)
-    out = []
-    for th in md.get("thumbnails") or []:
-        th = dict(th)
-        rp = th.pop("relative_path", "")
-        th["thumbnail_path"] = f"{folder}/{rp}" if folder else rp
-        out.append(th)
-    return out
+    return _fm(req).thumbnails_of(req.args.get_str("filename"))
 
 
 @blueprint.endpoint("/server/files/directory", ["GET", "POST", "DELETE"])
@@ -164,41 +128,23 @@ def _quote(name: str) -> str:
 @blueprint.endpoint("/server/files/<root>/<path:filename>", ["GET"], rpc="")
 def files_download(req: ApiRequest) -> flask.Response:
     """web_api.md "File download"."""
-    fm = _fm(req)
     view = req.http.view_args or {}
-    root = fm.roots.get(view.get("root", ""))
-    if root is None:
-        raise ApiError("Not Found", 404)
-    rel = clean_relative(view.get("filename", ""), "filename")
-    full = join(root, rel)
-    if not rel or not os.path.isfile(full):
-        raise ApiError("File does not exist", 404)
-    if not os.access(full, os.R_OK):
-        raise ApiError("File is not readable", 403)
-    return send_path(full, os.path.basename(rel))
-
-
-def _log_download(req: ApiRequest, path: str | None) -> flask.Response:
-    if not path or not os.path.isfile(path):
-        raise ApiError("File does not exist", 404)
-    return send_path(path, os.path.basename(path))
+    full = _fm(req).download_path(view.get("root", ""), view.get("filename", ""))
+    return send_path(full, os.path.basename(full))
 
 
 @blueprint.endpoint("/server/files/klippy.log", ["GET"], rpc="")
 def files_klippy_log(req: ApiRequest) -> flask.Response:
     """web_api.md "Download klippy.log" (Klippy's ``log_file``)."""
-    info = req.server.klippy.info or {}
-    path = info.get("log_file") or os.path.join(req.server.data_path, "logs", "klippy.log")
-    return _log_download(req, path)
+    path = _fm(req).log_path("klippy")
+    return send_path(path, os.path.basename(path))
 
 
 @blueprint.endpoint("/server/files/moonraker.log", ["GET"], rpc="")
 def files_moonraker_log(req: ApiRequest) -> flask.Response:
     """web_api.md "Download moonraker.log"."""
-    path = getattr(req.server.logs, "log_file", None) or getattr(req.server.logs, "path", None)
-    if not path:
-        path = os.path.join(req.server.data_path, "logs", "moonraker.log")
-    return _log_download(req, path)
+    path = _fm(req).log_path("moonraker")
+    return send_path(path, os.path.basename(path))
 
 
 @blueprint.endpoint("/server/files/upload", ["POST"], rpc="", wrap=False)

@@ -697,6 +697,77 @@ class FileManager(UploadMixin):
         self._notify("create_file", item)
         return {"destination": item, "action": "zip_files"}
 
+    # -- what the file endpoints ask ---------------------------------------------
+    @staticmethod
+    def gcode_path(raw: str) -> str:
+        """The cleaned gcodes-relative path of a ``filename`` argument.
+        Raises: ApiError 403 (absolute path, ``..``), 400 (bad name)."""
+        if raw.startswith("/"):
+            raise ApiError("Invalid path in argument [filename]: absolute paths are not "
+                           "allowed", 403)
+        return clean_relative(raw, "filename")
+
+    def metadata_of(self, raw: str) -> dict[str, Any]:
+        """``server.files.metadata``: the cached (or freshly scanned) metadata
+        of gcode ``raw`` with its ``filename``.
+        Raises: ApiError 404 "Metadata not available for <FILE>"."""
+        rel = self.gcode_path(raw)
+        md = self.get_metadata(rel) if rel and is_gcode(rel) else None
+        if md is None:
+            raise ApiError(f"Metadata not available for <{rel}>", 404)
+        return dict(md, filename=rel)
+
+    def rescan(self, raw: str) -> dict[str, Any]:
+        """``server.files.metascan``: forget and scan gcode ``raw`` again.
+        Raises: ApiError 404 when the file does not exist."""
+        rel = self.gcode_path(raw)
+        if not rel or not os.path.isfile(join(self.roots["gcodes"], rel)):
+            raise ApiError(f"File '{rel}' does not exist", 404)
+        self._forget_metadata(rel, False, remove_thumbs=False)
+        return dict(self.scan_metadata(rel), filename=rel)
+
+    def thumbnails_of(self, raw: str) -> list[dict[str, Any]]:
+        """``server.files.thumbnails``: each thumbnail of gcode ``raw`` with its
+        ``thumbnail_path`` relative to the gcodes root (``[]`` without metadata)."""
+        rel = self.gcode_path(raw)
+        md = self.get_metadata(rel) if rel and is_gcode(rel) else None
+        folder = os.path.dirname(rel)
+        out = []
+        for th in (md or {}).get("thumbnails") or []:
+            th = dict(th)
+            rp = th.pop("relative_path", "")
+            th["thumbnail_path"] = f"{folder}/{rp}" if folder else rp
+            out.append(th)
+        return out
+
+    def download_path(self, root_name: str, filename: str) -> str:
+        """The absolute path of ``root_name/filename`` for a download.
+        Raises: ApiError 404 (no such root or file), 403 (unreadable), 400/403
+        (a name escaping its root)."""
+        root = self.roots.get(root_name)
+        if root is None:
+            raise ApiError("Not Found", 404)
+        rel = clean_relative(filename, "filename")
+        full = join(root, rel)
+        if not rel or not os.path.isfile(full):
+            raise ApiError("File does not exist", 404)
+        if not os.access(full, os.R_OK):
+            raise ApiError("File is not readable", 403)
+        return full
+
+    def log_path(self, application: str) -> str:
+        """The log file of ``application`` (``klippy``: Klippy's ``log_file``;
+        ``moonraker``: this server's).  Raises: ApiError 404 when absent."""
+        data_logs = os.path.join(self.server.data_path, "logs")
+        if application == "klippy":
+            path = (self.server.klippy.info or {}).get("log_file") or \
+                os.path.join(data_logs, "klippy.log")
+        else:
+            path = self.server.logs.log_file or os.path.join(data_logs, "moonraker.log")
+        if not os.path.isfile(path):
+            raise ApiError("File does not exist", 404)
+        return path
+
     # -- uploads -------------------------------------------------------------
     def set_upload_print_handler(self, handler: Callable[[str], Any] | None) -> None:
         """Let the job queue decide what ``print=true`` does.
