@@ -116,6 +116,20 @@ def test_workers_still_work_after_their_restart(srv):
           "the notifier's attempt", timeout=60)
 
 
+def test_a_worker_that_keeps_failing_is_reported(srv):
+    """Five failures in a row (backoff 0.5, 1, 2, 4 s between them) put a
+    warning in server.info; the worker is still restarted."""
+    name = "announcements"
+    for _ in range(5):
+        before = _workers(srv)[name]["restarts"]
+        _wait(lambda: _workers(srv)[name]["running"], f"{name} running")
+        srv.result("POST", "/debug/workers/fault", json={"name": name})
+        _wait(lambda: _workers(srv)[name]["restarts"] > before, f"{name} restarted", 60)
+    warnings = srv.result("GET", "/server/info")["warnings"]
+    assert any(w.startswith(f"Worker {name} keeps failing: WorkerFault") for w in warnings)
+    assert _workers(srv)[name]["running"]
+
+
 def test_unknown_worker(srv):
     resp = srv.post("/debug/workers/fault", json={"name": "nope"})
     assert resp.status_code == 404
