@@ -18,8 +18,6 @@ from helpers import RpcError
 SHARED = os.environ.get("MOONFLASK_SHARED", os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared"))
 GCODE_DIR = os.path.join(SHARED, "gcode")
-HAVE_METADATA = os.path.exists(os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "moonflask", "files", "metadata.py"))
 SMALL = b"; small\nG28\nG1 X10 Y10 F3000\nM118 printed\n"
 PAUSING = b"; pauses itself\nG28\nG1 X20 Y20 F3000\nPAUSE\nM118 resumed\n"
 
@@ -391,7 +389,6 @@ GCODE_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(GCODE_D
 VOLATILE = {"modified", "uuid", "print_start_time", "job_id", "filename"}
 
 
-@pytest.mark.skipif(not HAVE_METADATA, reason="moonflask/files/metadata.py not written yet")
 @pytest.mark.parametrize("name", GCODE_FILES)
 def test_metadata_matches_reference(srv, name):
     with open(os.path.join(GCODE_DIR, name), "rb") as fh:

@@ -117,7 +117,8 @@ class MetadataScanner:
     def _spawn(self) -> Any:
         from gevent import subprocess as gsub
         env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import moonflask   # the folder holding the package, wherever the server was started
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(moonflask.__file__)))
         env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
         self._proc = gsub.Popen([sys.executable, "-m", "moonflask.components.file_manager.scanner"],
                                 stdin=gsub.PIPE, stdout=gsub.PIPE, stderr=None,

@@ -1,14 +1,16 @@
 """Regenerate the synthetic slicer fixtures and the reference outputs beside them.
 
 Run with the REFERENCE venv (Moonraker 0.11.0 + Pillow), e.g.
-  /work/scratch/refvenv/bin/python tests/data/metadata/generate_fixtures.py
-Paths R/S point at that venv; OUT is this folder.
+  .reference-venv/bin/python tests/data/metadata/generate_fixtures.py
+(``make reference`` installs it); R/S are that venv's python and Moonraker's
+metadata script, found from the running interpreter; OUT is this folder.
 """
-import base64, io, json, os, shutil, subprocess, hashlib, zipfile
+import base64, io, json, os, shutil, subprocess, hashlib, sys, sysconfig, zipfile
 from PIL import Image
 OUT = os.path.dirname(os.path.abspath(__file__))
-R = "/work/scratch/refvenv/bin/python"
-S = "/work/scratch/refvenv/lib/python3.11/site-packages/moonraker/components/file_manager/metadata.py"
+R = sys.executable
+S = os.path.join(sysconfig.get_paths()["purelib"], "moonraker", "components", "file_manager",
+                 "metadata.py")
 
 def img(w, h, fmt, seed=1):
     im = Image.new('RGBA' if fmt == 'QOI' else 'RGB', (w, h), (30, 60, 90))
