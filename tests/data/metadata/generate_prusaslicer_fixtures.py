@@ -29,6 +29,8 @@ pretty-printed; ``.thumbs/`` gets the thumbnails it wrote.
 ``prusaslicer_object_height.reference.json`` records the reference's
 ``object_height`` for small edits of the wipe-tower file (see ``PROBES``),
 which ``tests/test_metadata.py`` replays against moonflask.
+``cube_rgba.ufp`` (+ ``cube_rgba_ufp.reference.json``) is a UFP whose preview
+is that RGBA render, for the small thumbnail Moonraker makes of it.
 """
 import base64
 import glob
@@ -244,10 +246,37 @@ def thumb_block(render: Image.Image, w: int, h: int, fmt: str) -> str:
     return "".join(lines)
 
 
-def run_reference(folder: str, name: str) -> dict:
-    p = subprocess.run([REF_PY, REF_SCRIPT, "-p", folder, "-f", name],
+def run_reference(folder: str, name: str, *extra: str) -> dict:
+    p = subprocess.run([REF_PY, REF_SCRIPT, "-p", folder, "-f", name, *extra],
                        capture_output=True, text=True, check=True)
     return json.loads(p.stdout)
+
+
+def rgba_ufp(render: Image.Image, tmp: str) -> None:
+    """``cube_rgba.ufp``: a Cura G-code with an RGBA 300x300 preview (as Cura
+    writes them), and what the reference makes of its upload
+    (``cube_rgba_ufp.reference.json``: metadata, sha256 of each thumbnail)."""
+    import hashlib
+    import zipfile
+    ufp = os.path.join(OUT, "cube_rgba.ufp")
+    buf = io.BytesIO()
+    render.save(buf, "PNG")
+    with zipfile.ZipFile(ufp, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("/[Content_Types].xml", '<?xml version="1.0" encoding="UTF-8"?><Types/>')
+        z.writestr("/_rels/.rels", "<Relationships/>")
+        z.writestr("/3D/model.gcode",
+                   open(os.path.join(SHARED, "gcode", "cura_cube20_0.2mm_ender3.gcode")).read())
+        z.writestr("/Metadata/thumbnail.png", buf.getvalue())
+    work = os.path.join(tmp, "work_ufp")
+    os.makedirs(work)
+    shutil.copy(ufp, work)
+    out = run_reference(work, "cube_rgba.gcode", "-u", os.path.join(work, "cube_rgba.ufp"))
+    td = os.path.join(work, ".thumbs")
+    out["thumbs"] = {t: hashlib.sha256(open(os.path.join(td, t), "rb").read()).hexdigest()
+                     for t in sorted(os.listdir(td))}
+    with open(os.path.join(OUT, "cube_rgba_ufp.reference.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print("cube_rgba.ufp", [(t["width"], t["height"]) for t in out["metadata"]["thumbnails"]])
 
 
 def main() -> None:
@@ -286,6 +315,7 @@ def main() -> None:
             m = out["metadata"]
             print(name, m.get("object_height"),
                   [(t["width"], t["height"]) for t in m.get("thumbnails", [])])
+        rgba_ufp(render, tmp)
         base = open(os.path.join(OUT, PROBE_BASE)).read()
         results = {}
         stripped = base.replace(*STRIP)
