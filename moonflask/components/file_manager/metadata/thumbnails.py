@@ -119,7 +119,8 @@ def _make_small_png(data: bytes, *, lanczos: bool) -> Optional[Tuple[bytes, int,
     Cura's renders) is resampled in one pass, without Pillow's reducing
     pre-step: that is what Pillow up to 12.x does for such images (Pillow 13
     added the pre-step), so the pixels, and the PNG bytes, are the ones
-    Moonraker 0.11.0 writes whichever Pillow is installed."""
+    Moonraker 0.11.0 writes with the Pillow 12 it installs, whichever Pillow
+    moonflask runs with."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
