@@ -7,7 +7,11 @@ Expected values are the reference extractor's own output, recorded as JSON:
   the reference (``tests/data/metadata/generate_fixtures.py`` regenerates them);
 * ``check_objects.reference.json``: sha256 + metadata of every file after the
   reference's ``--check-objects`` processing;
-* ``cube_ufp.reference.json``: the reference's result for ``cube.ufp``.
+* ``cube_ufp.reference.json``: the reference's result for ``cube.ufp``;
+* ``tests/data/metadata/prusaslicer_*`` (+ ``.thumbs/``), ``cube_rgba.ufp``:
+  real PrusaSlicer 2.5 output with GUI-style thumbnail blocks, and
+  ``prusaslicer_object_height.reference.json`` (the reference's object_height
+  for edits of the wipe-tower file), from ``generate_prusaslicer_fixtures.py``.
 
 Deliberate differences from the reference are asserted explicitly below
 (``DELIBERATE``); see the README's compatibility section.
@@ -290,3 +294,110 @@ def test_command_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "moonflask.components.file_manager.metadata", "-p", str(tmp_path),
                         "-f", "missing.gcode"], capture_output=True, text=True, cwd=root)
     assert p.returncode == 1 and p.stdout == ""
+
+
+# -- issue 10, item 12: real PrusaSlicer files (tests/data/metadata/prusaslicer_*,
+#    made by generate_prusaslicer_fixtures.py with the reference's output) -------
+
+def _ref_meta(name):
+    with open(os.path.join(FIXTURES, name[:-6] + ".metadata.json")) as f:
+        return json.load(f)["metadata"]
+
+
+def test_prusaslicer_small_thumbnail_made_from_largest(tmp_path):
+    """A PrusaSlicer file whose thumbnails (16x16, 220x124) include no 32x32
+    gets, first in the list, a 32x18 PNG made from the 220x124 one, written
+    beside the others as NAME-32x32.png, byte-identical to the reference's
+    (the renders are RGBA: Pillow 13 would resample them otherwise)."""
+    from PIL import Image
+    name = "prusaslicer_mini_thumbs_16_220.gcode"
+    _copy(FIXTURES, name, tmp_path)
+    thumbs = md.extract_metadata(name, str(tmp_path))["thumbnails"]
+    small = ".thumbs/prusaslicer_mini_thumbs_16_220-32x32.png"
+    assert [(t["width"], t["height"], t["relative_path"]) for t in thumbs] == [
+        (32, 18, small),
+        (16, 16, ".thumbs/prusaslicer_mini_thumbs_16_220-16x16.png"),
+        (220, 124, ".thumbs/prusaslicer_mini_thumbs_16_220-220x124.png")]
+    with Image.open(tmp_path / small) as im:
+        assert (im.format, im.size, im.mode) == ("PNG", (32, 18), "RGBA")
+    assert thumbs == _ref_meta(name)["thumbnails"]
+    _check_thumbs(thumbs, FIXTURES, tmp_path)
+    # the MK4 set (QOI and PNG): the small one comes from the largest file
+    name = "prusaslicer_mk4_thumbs_qoi.gcode"
+    _copy(FIXTURES, name, tmp_path)
+    thumbs = md.extract_metadata(name, str(tmp_path))["thumbnails"]
+    assert thumbs == _ref_meta(name)["thumbnails"]
+    assert (thumbs[0]["width"], thumbs[0]["height"]) == (32, 16)       # from 480x240
+    _check_thumbs(thumbs, FIXTURES, tmp_path)
+
+
+def test_prusaslicer_wipe_tower_object_height(tmp_path):
+    """Two materials, a wipe tower whose last toolchange is at Z 10.2 over a
+    10 mm object: object_height is the object's 10.0, as the reference."""
+    name = "prusaslicer_mmu_wipe_tower.gcode"
+    path = _copy(FIXTURES, name, tmp_path)
+    text = path.read_text()
+    assert "G1 Z10.2 F7800" in text and ";TYPE:Wipe tower" in text   # the trap is there
+    meta = md.extract_metadata(name, str(tmp_path))
+    assert meta["object_height"] == _ref_meta(name)["object_height"] == 10.0
+    assert (meta["mmu_print"], meta["filament_change_count"]) == (1, 50)
+
+
+_OH = json.load(open(os.path.join(FIXTURES, "prusaslicer_object_height.reference.json")))
+
+
+@pytest.mark.parametrize("probe", sorted(_OH["probes"]))
+def test_prusaslicer_object_height_probes(probe, tmp_path):
+    """The wipe-tower file edited as the recording says (its layer markers
+    renamed, one inserted, a header swapped, moves added so that a marker
+    falls in or out of the last MiB): the same object_height as the
+    reference gave for that very file."""
+    case = _OH["probes"][probe]
+    with open(os.path.join(FIXTURES, _OH["base"]), newline="") as f:
+        text = f.read().replace(*_OH["strip"])
+    at = text.rindex("; stop printing object")
+    text = text[:at] + case["insert"] + _OH["filler_line"] * case.get("filler", 0) + text[at:]
+    if "header" in case:
+        text = case["header"] + text[text.index("\n"):]
+    (tmp_path / "p.gcode").write_bytes(text.encode())
+    meta = md.extract_metadata("p.gcode", str(tmp_path))
+    assert meta["slicer"] == case["slicer"]
+    assert meta.get("object_height") == case["object_height"]
+
+
+def test_prusaslicer_files_over_http(start_server):
+    """What a client sees after uploading the real PrusaSlicer files to the
+    server: the reference's thumbnails and object_height in
+    ``/server/files/metadata``, the 32x32 entry in ``/server/files/thumbnails``,
+    and that thumbnail's bytes when downloaded."""
+    srv = start_server()
+    for name in ("prusaslicer_mini_thumbs_16_220.gcode", "prusaslicer_mmu_wipe_tower.gcode"):
+        ref = _ref_meta(name)
+        with open(os.path.join(FIXTURES, name), "rb") as f:
+            r = srv.post("/server/files/upload", files={"file": (name, f)}, timeout=60)
+        assert r.status_code == 201, r.text
+        meta = srv.result("GET", "/server/files/metadata", params={"filename": name})
+        assert meta["object_height"] == ref["object_height"]
+        assert meta.get("thumbnails") == ref.get("thumbnails")
+        listed = srv.result("GET", "/server/files/thumbnails", params={"filename": name})
+        assert listed == [{"width": t["width"], "height": t["height"], "size": t["size"],
+                           "thumbnail_path": t["relative_path"]}
+                          for t in ref.get("thumbnails", [])]
+        for t in ref.get("thumbnails", []):
+            r = srv.get("/server/files/gcodes/" + t["relative_path"])
+            assert r.status_code == 200
+            with open(os.path.join(FIXTURES, t["relative_path"]), "rb") as f:
+                assert r.content == f.read(), t["relative_path"]
+
+
+def test_ufp_rgba_preview_matches_reference(tmp_path):
+    """A UFP whose preview is RGBA (as Cura writes it): the 32x32 made of it
+    (LANCZOS) is byte-identical to the reference's."""
+    ref = json.load(open(os.path.join(FIXTURES, "cube_rgba_ufp.reference.json")))
+    shutil.copyfile(os.path.join(FIXTURES, "cube_rgba.ufp"), tmp_path / "cube_rgba.ufp")
+    unpack_ufp(str(tmp_path / "cube_rgba.ufp"), str(tmp_path / "cube_rgba.gcode"))
+    thumbs = md.extract_metadata("cube_rgba.gcode", str(tmp_path))["thumbnails"]
+    assert thumbs == ref["metadata"]["thumbnails"]
+    for name, digest in ref["thumbs"].items():
+        data = (tmp_path / ".thumbs" / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, name

@@ -33,13 +33,37 @@ def _first_layer_height_pct(region: str) -> Getter:
     return get
 
 
+#: PrusaSlicer's stock ``before_layer_gcode`` (``;BEFORE_LAYER_CHANGE``, at
+#: most one line such as ``G92 E0.0``, then ``;[layer_z]``) records each
+#: layer's print Z
+_LAYER_Z_RE = re.compile(r";BEFORE_LAYER_CHANGE\n(?:[^\n]*\n)?;(\d+(?:\.\d*)?)")
+_MOVE_Z_RE = re.compile(r"G1 Z" + NUM + r"\sF")
+
+
+def _object_height(region: str) -> Getter:
+    """``object_height`` (mm): the highest layer Z that the stock
+    ``;BEFORE_LAYER_CHANGE`` blocks record in ``region``, so that a wipe
+    tower's extra toolchange Z, a Z-hop or the end G-code's lift (none of
+    which is a layer of the object) do not count; without such blocks the
+    highest ``G1 Z.. F..`` move.  None when neither occurs.  This is what
+    Moonraker 0.11.0 reports, observed as a black box (see
+    ``tests/data/metadata/prusaslicer_object_height.reference.json``)."""
+    def get(ctx: ParseContext) -> Optional[float]:
+        text = ctx.src.text(region)
+        vals = [float(v) for v in _LAYER_Z_RE.findall(text)]
+        if not vals:
+            vals = [float(v) for v in _MOVE_Z_RE.findall(text)]
+        return max(vals) if vals else None
+    return get
+
+
 def _prusa_fields(region: str = "tail", *, estimated_time: bool = True,
                   filament_total: bool = True, weight_total: bool = True
                   ) -> List[Any]:
     r = region
     fields: List[Any] = [
         Field("layer_count", r, r"; total layers count = (\d+)", int),
-        Field("object_height", r, r"G1 Z" + NUM + r"\sF", mode="max"),
+        Computed("object_height", _object_height(r)),
     ]
     if estimated_time:
         fields.append(Field("estimated_time", r,

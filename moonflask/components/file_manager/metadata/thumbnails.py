@@ -104,18 +104,31 @@ def _image_size(data: bytes) -> Optional[Tuple[int, int]]:
         return None
 
 
+#: modes that Pillow resamples premultiplied (see :func:`_make_small_png`)
+_ALPHA_MODES = ("RGBA", "LA")
+
+
 def _make_small_png(data: bytes, *, lanczos: bool) -> Optional[Tuple[bytes, int, int]]:
     """``data`` (an image) shrunk with Pillow's ``Image.thumbnail`` to fit
-    :data:`SMALL_THUMB` and saved as PNG -> (png bytes, width, height), or
-    None when the image cannot be read.  ``lanczos`` selects the LANCZOS
-    filter (the UFP path) instead of Pillow's default, as Moonraker does."""
+    :data:`SMALL_THUMB` (aspect ratio kept: 32x18 from 220x124) and saved as
+    PNG -> (png bytes, width, height), or None when the image cannot be
+    read.  ``lanczos`` selects the LANCZOS filter (the UFP path) instead of
+    Pillow's default (bicubic), as Moonraker does.
+
+    An image with an alpha channel (mode RGBA or LA: PrusaSlicer's and
+    Cura's renders) is resampled in one pass, without Pillow's reducing
+    pre-step: that is what Pillow up to 12.x does for such images (Pillow 13
+    added the pre-step), so the pixels, and the PNG bytes, are the ones
+    Moonraker 0.11.0 writes with the Pillow 12 it installs, whichever Pillow
+    moonflask runs with."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
+            gap: Optional[float] = None if im.mode in _ALPHA_MODES else 2.0
             if lanczos:
-                im.thumbnail(SMALL_THUMB, Image.Resampling.LANCZOS)
+                im.thumbnail(SMALL_THUMB, Image.Resampling.LANCZOS, reducing_gap=gap)
             else:
-                im.thumbnail(SMALL_THUMB)
+                im.thumbnail(SMALL_THUMB, reducing_gap=gap)
             out = io.BytesIO()
             im.save(out, "PNG")
             return out.getvalue(), im.width, im.height
