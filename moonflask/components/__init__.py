@@ -1,0 +1,1 @@
+"""moonraker.conf components: state and logic per section, under Moonraker's names."""
