@@ -58,6 +58,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "notifier": ("moonflask.notifiers", None),
     "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
     "mqtt": ("moonflask.components.mqtt", "mqtt"),
+    "sensor": ("moonflask.components.sensor", "sensor "),   # any [sensor NAME]
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
@@ -130,11 +131,13 @@ class Server:
         register its blueprint; a failing one is logged and reported in
         ``failed_components``."""
         for name, (modname, section) in OPTIONAL_COMPONENTS.items():
-            if section is not None and not self.config.has_section(section):
+            prefixed = section is not None and section.endswith(" ")
+            if section is not None and not (self.config.prefix_sections(section) if prefixed
+                                            else self.config.has_section(section)):
                 continue
             try:
                 mod = importlib.import_module(modname)
-                cfg = self.config.section(section) if section else None
+                cfg = self.config.section(section) if section and not prefixed else None
                 self.components[name] = mod.load_component(self, cfg)
                 if mod.blueprint is not None:
                     register_blueprint(app, self, mod.blueprint)
