@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+import requests
 
 import mqtt_broker
 from helpers import Printer
@@ -343,6 +344,15 @@ def test_broker_restart_reconnects_and_delivers_queue(srv, broker, client):
                                                   "qos": 1, "retain": True, "timeout": 0.5})
     assert resp.status_code == 504
     assert resp.json()["error"]["message"] == "MQTT Publish Timed Out"
+    # the queue is bounded: once full, a publish is refused with a clear error
+    session = requests.Session()
+    for n in range(5000):
+        resp = session.post(srv.url + "/server/mqtt/publish",
+                            json={"topic": "flood", "payload": n}, timeout=15)
+        if resp.status_code != 200:
+            break
+    assert resp.status_code == 529 and n == 4096 - 4, (n, resp.text)
+    assert resp.json()["error"]["message"].startswith("MQTT Message Queue Full: 4096 messages")
     broker.start()
     late = mqtt_broker.Client(broker.port)
     try:
