@@ -240,7 +240,10 @@ class MQTTClient:
             client.subscribe(topic, sub["qos"])
         client.publish(self.status_topic, jsonutil.dumpb({"server": "online"}),
                        self.default_qos, retain=True)
-        self._publish_klippy_state(self.server.klippy.state)  # retained copy may be gone
+        # the broker's retained copy may be gone (restarted without persistence)
+        client.publish(self.klippy_state_topic,
+                       self._klippy_state_payload(self.server.klippy.state),
+                       self.default_qos, retain=True)
         if self._status_backlog:
             backlog, self._status_backlog = self._status_backlog, {}
             self._publish_status(backlog, self.server.klippy.eventtime)
@@ -533,13 +536,14 @@ class MQTTClient:
         if state not in ("ready", "shutdown"):   # those two have their own events
             self._publish_klippy_state(state)
 
+    def _klippy_state_payload(self, state: str) -> bytes:
+        message = self.server.klippy.state_message if state != "startup" else "Klippy connected"
+        return jsonutil.dumpb({"klippy_state": state, "state_message": message,
+                               "timestamp": time.time()})
+
     def _publish_klippy_state(self, state: str) -> None:
-        klippy = self.server.klippy
-        message = klippy.state_message if state != "startup" else "Klippy connected"
         try:
-            self.publish(self.klippy_state_topic, {"klippy_state": state,
-                                                   "state_message": message,
-                                                   "timestamp": time.time()},
+            self.publish(self.klippy_state_topic, self._klippy_state_payload(state),
                          retain=True)
         except ApiError as err:
             log.error("klippy_state not published to MQTT: %s", err.message)

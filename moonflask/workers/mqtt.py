@@ -13,6 +13,7 @@ paho client, so messages are (re)sent only from the component's own queue.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from typing import Any
@@ -44,6 +45,8 @@ def run(comp: Any) -> None:
         before = comp.connect_count
         try:
             client.connect(comp.address, comp.port, keepalive=KEEPALIVE)
+            # small packets (API replies, status) must not wait for Nagle's algorithm
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, ssl.SSLError, ValueError) as err:
             comp.last_error = f"{type(err).__name__}: {err}"
             log.info("MQTT connect to %s:%d failed: %s; retrying in %.1f s",
