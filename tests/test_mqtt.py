@@ -11,7 +11,7 @@ import pytest
 import requests
 
 import mqtt_broker
-from helpers import Printer
+from helpers import Moonflask, Printer
 from shapes import reference, shape_diff
 
 pytestmark = pytest.mark.skipif(not mqtt_broker.available(),
@@ -386,3 +386,64 @@ def test_klippy_state_topic(srv, printer, client):
                 lambda p: seen.append(p["klippy_state"]) or p["klippy_state"] == "ready")
     assert "startup" in seen
     srv.wait_klippy_state("ready")
+
+
+def test_farm_three_printers_one_broker(broker, tmp_root, client):
+    """3 moonflask + 3 simulated printers on one broker: a farm dashboard
+    subscribes ``+/klipper/status`` and ``+/moonraker/status``, sees every
+    printer, and sees the one whose server dies go offline."""
+    printers, servers = [], []
+    try:
+        for i in range(3):
+            root = os.path.join(tmp_root, f"farm{i}")
+            p = Printer(os.path.join(root, "klippy"), os.path.join(root, "gcodes"))
+            printers.append(p.start(wait=False))
+        for i, p in enumerate(printers):
+            data = os.path.join(tmp_root, f"farm{i}", "data")
+            os.makedirs(os.path.join(data, "config"), exist_ok=True)
+            with open(os.path.join(data, "config", "secrets.json"), "w") as fh:
+                json.dump({"mqtt": {"username": mqtt_broker.USERNAME,
+                                    "password": mqtt_broker.PASSWORD}}, fh)
+            srv = Moonflask(data, p.socket_path, CONF.format(
+                port=broker.port, instance=f"farm{i}", split=False, protocol="v3.1.1",
+                extra=""))
+            servers.append(srv.start())
+        client.subscribe("+/klipper/status")
+        client.subscribe("+/moonraker/status")
+        for srv in servers:
+            srv.wait_klippy_state("ready", 90)
+        online = set()
+        deadline = time.monotonic() + 30
+        while online != {"farm0", "farm1", "farm2"} and time.monotonic() < deadline:
+            for topic, payload, _r in client.drain():
+                inst = topic.split("/")[0]
+                if (topic.endswith("/moonraker/status") and payload == {"server": "online"}
+                        and inst.startswith("farm")):   # other tests' instances are retained
+                    online.add(inst)
+            time.sleep(0.1)
+        assert online == {"farm0", "farm1", "farm2"}
+        for i, srv in enumerate(servers):
+            srv.post("/printer/gcode/script", params={"script": f"G28 X\nG1 X{10 + i} F6000"},
+                     timeout=60)
+        seen = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < 3 and time.monotonic() < deadline:
+            for topic, payload, _r in client.drain():
+                inst = topic.split("/")[0]
+                if topic.endswith("/klipper/status") and inst.startswith("farm"):
+                    pos = payload["status"].get("toolhead", {}).get("position")
+                    if pos and pos[0] == 10 + int(inst[-1]):
+                        seen[inst] = pos[0]
+            time.sleep(0.1)
+        assert seen == {"farm0": 10, "farm1": 11, "farm2": 12}
+        servers[1].kill()
+        payload, _, _ = client.wait("farm1/moonraker/status", 120)
+        assert payload == {"server": "offline"}
+        # the others are still served
+        api = Api(client, "farm2")
+        assert api.request("server.info")["result"]["klippy_state"] == "ready"
+    finally:
+        for srv in servers:
+            srv.stop()
+        for p in printers:
+            p.stop()
