@@ -213,7 +213,8 @@ def test_status_split_retained(start_server, broker, tmp_root, client):
     srv2.post("/printer/gcode/script", params={"script": "G1 X33 F6000\nM400"}, timeout=60)
     payload, _, _ = client.wait("mfsplit/klipper/state/toolhead/position", 15,
                                 lambda p: p["value"][0] == 33.0)
-    assert shape_diff(ref_topic("status_after_G28_split", "klipper/state/toolhead/position")[1], payload) == []
+    ref = ref_topic("status_after_G28_split", "klipper/state/toolhead/position")
+    assert shape_diff(ref[1], payload) == []
     assert not list(t for t, _p, _r in client.drain() if t == "mfsplit/klipper/status")
 
 

@@ -3,7 +3,6 @@ API, notifications and history fields in a real print, compared with the
 reference Moonraker 0.11.0's recordings (scripts/capture_mqtt_reference.py)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time

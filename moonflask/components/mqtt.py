@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections import OrderedDict, deque
@@ -134,7 +135,6 @@ class MQTTClient:
         self.password: str | None = config.get("password", None)
         if self.password is None and password_file:
             try:
-                import os
                 with open(os.path.expanduser(password_file), encoding="utf-8") as fh:
                     self.password = fh.read().strip()
             except OSError as err:
@@ -167,7 +167,6 @@ class MQTTClient:
 
         self.connected = False
         self.connect_count = 0
-        self.last_error: str | None = None
         self._pending: deque[_Publish] = deque()
         self._inflight: dict[int, _Publish] = {}
         self._subs: dict[str, dict[str, Any]] = {}   # topic -> {"qos", "callbacks"}
@@ -185,7 +184,7 @@ class MQTTClient:
         self._status_batch_time = 0.0
         self._status_timer: gevent.Greenlet | None = None
         self._stopping = False
-        self.client = self.make_client()
+        self.client: paho.Client | None = None   # the worker's, one per connection
 
         klippy = server.klippy
         if self.status_objects:
@@ -227,13 +226,11 @@ class MQTTClient:
     def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any,
                     _props: Any = None) -> None:
         if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
             log.warning("MQTT broker %s:%d refused the connection: %s",
                         self.address, self.port, reason)
             return
         self.connected = True
         self.connect_count += 1
-        self.last_error = None
         log.info("MQTT client connected to %s:%d", self.address, self.port)
         self._sub_changes.clear()
         for topic, sub in self._subs.items():
@@ -575,12 +572,6 @@ class MQTTClient:
             self.run_later(disconnect)
         gevent.spawn(after_offline)
         done.wait(2.0)
-
-    def status(self) -> dict[str, Any]:
-        """``{"connected", "broker", "pending", "connect_count", "last_error"}``."""
-        return {"connected": self.connected, "broker": f"{self.address}:{self.port}",
-                "pending": len(self._pending), "connect_count": self.connect_count,
-                "last_error": self.last_error}
 
 
 def _merge(into: dict[str, dict[str, Any]], status: dict[str, dict[str, Any]]) -> None:

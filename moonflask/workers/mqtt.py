@@ -48,7 +48,6 @@ def run(comp: Any) -> None:
             # small packets (API replies, status) must not wait for Nagle's algorithm
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, ssl.SSLError, ValueError) as err:
-            comp.last_error = f"{type(err).__name__}: {err}"
             log.info("MQTT connect to %s:%d failed: %s; retrying in %.1f s",
                      comp.address, comp.port, err, delay)
             gevent.sleep(delay)
