@@ -332,6 +332,36 @@ def test_v5_response_topic(start_server, broker, tmp_root):
         c.close()
 
 
+def test_home_assistant_discovery(start_server, broker, tmp_root, client):
+    """Beyond the reference: Home Assistant discovery of the tracked fields."""
+    client.subscribe("homeassistant/sensor/mfha/#")
+    start_mqtt(start_server, broker, tmp_root, "mfha", extra="enable_ha_discovery: True")
+    configs = {}
+    deadline = time.monotonic() + 20
+    while len(configs) < 6 and time.monotonic() < deadline:
+        for topic, payload, _r in client.drain():
+            if topic.startswith("homeassistant/sensor/mfha/"):
+                configs[topic] = payload
+        time.sleep(0.1)
+    cfg = configs["homeassistant/sensor/mfha/toolhead_homed_axes/config"]
+    assert cfg["state_topic"] == "mfha/klipper/state/toolhead/homed_axes"
+    assert cfg["value_template"] == "{{ value_json.value }}"
+    assert cfg["availability"][0]["topic"] == "mfha/moonraker/status"
+    assert cfg["device"]["identifiers"] == ["mfha"]
+    assert "homeassistant/sensor/mfha/klippy_state/config" in configs
+    # what the state topic carries answers the template, retained for HA restarts
+    late = mqtt_broker.Client(broker.port)
+    try:
+        late.subscribe(cfg["state_topic"])
+        payload, retain, _ = late.wait(cfg["state_topic"], 10)
+        assert retain and isinstance(payload["value"], str)
+        late.subscribe("homeassistant/sensor/mfha/print_stats_state/config")
+        got, retain, _ = late.wait("homeassistant/sensor/mfha/print_stats_state/config", 10)
+        assert retain and got["unique_id"] == "mfha_print_stats_state"
+    finally:
+        late.close()
+
+
 def test_broker_restart_reconnects_and_delivers_queue(srv, broker, client):
     wait_online(client, "mf")
     client.close()

@@ -20,6 +20,11 @@ Topics (``{instance}`` is ``instance_name``, the hostname by default):
 - ``{instance}/moonraker/klippy_state`` (moonflask's own, retained):
   ``{"klippy_state", "state_message", "timestamp"}`` on every Klippy state
   change (startup, ready, shutdown, error, disconnected).
+- moonflask's own options ``enable_ha_discovery`` (default False) and
+  ``ha_discovery_prefix`` (default ``homeassistant``): a retained Home
+  Assistant discovery config ``{prefix}/sensor/{instance}/{object}_{field}/config``
+  for every tracked field (its state is the split-status topic, published
+  then even without ``publish_split_status``) and for the klippy_state topic.
 
 The network loop runs in ONE supervised greenlet (``moonflask/workers/mqtt.py``);
 every paho call happens there.  Other greenlets queue commands with
@@ -157,6 +162,10 @@ class MQTTClient:
                                                              minval=0.0)
         self.publish_split_status: bool = config.getboolean("publish_split_status", False)
         self.enable_api: bool = config.getboolean("enable_moonraker_api", True)
+        # moonflask's own: Home Assistant MQTT discovery of the tracked fields
+        self.ha_discovery: bool = config.getboolean("enable_ha_discovery", False)
+        self.ha_prefix: str = config.get("ha_discovery_prefix", "homeassistant")
+        validate_topic(self.ha_prefix)
         prefix = self.instance_name
         self.api_request_topic = f"{prefix}/moonraker/api/request"
         self.api_response_topic = f"{prefix}/moonraker/api/response"
@@ -180,6 +189,7 @@ class MQTTClient:
         self._seen_ts: deque[Any] = deque(maxlen=DUPLICATE_WINDOW)
         self._status_backlog: dict[str, dict[str, Any]] = {}
         self._last_status: dict[str, dict[str, Any]] = {}
+        self._announced: set[tuple[str, str]] = set()   # HA discovery configs sent
         self._status_batch: dict[str, dict[str, Any]] = {}
         self._status_batch_time = 0.0
         self._status_timer: gevent.Greenlet | None = None
@@ -241,6 +251,12 @@ class MQTTClient:
         client.publish(self.klippy_state_topic,
                        self._klippy_state_payload(self.server.klippy.state),
                        self.default_qos, retain=True)
+        self._announced.clear()   # the broker may have lost the retained configs
+        if self.ha_discovery:
+            self._announce(None, "klippy_state")
+            for name, fields in self._last_status.items():
+                for field in fields:
+                    self._announce(name, field)
         if self._status_backlog:
             backlog, self._status_backlog = self._status_backlog, {}
             self._publish_status(backlog, self.server.klippy.eventtime)
@@ -513,16 +529,46 @@ class MQTTClient:
 
     def _publish_status(self, status: dict[str, dict[str, Any]], eventtime: float) -> None:
         try:
-            if self.publish_split_status:
+            if self.publish_split_status or self.ha_discovery:
                 for name, fields in status.items():
                     for field, value in fields.items():
+                        if self.ha_discovery:
+                            self._announce(name, field)
                         self.publish(f"{self.klipper_state_prefix}/{name}/{field}",
                                      {"eventtime": eventtime, "value": value}, retain=True)
-            else:
+            if not self.publish_split_status:
                 self.publish(self.klipper_status_topic,
                              {"eventtime": eventtime, "status": status})
         except ApiError as err:
             log.error("Klippy status not published to MQTT: %s", err.message)
+
+    def _announce(self, name: str | None, field: str) -> None:
+        """Publish (once per connection) the retained Home Assistant discovery
+        config of one tracked field (``name`` None: the klippy_state topic);
+        a sensor whose state is the field's split-status topic and whose
+        availability follows ``{instance}/moonraker/status``.
+        Raises ApiError 529 when the queue is full."""
+        if (name, field) in self._announced:
+            return
+        self._announced.add((name, field))
+        node = _ha_id(self.instance_name)
+        if name is None:
+            state_topic, template = self.klippy_state_topic, "{{ value_json.klippy_state }}"
+            ident, title = "klippy_state", "Klippy state"
+        else:
+            state_topic = f"{self.klipper_state_prefix}/{name}/{field}"
+            template = "{{ value_json.value }}"
+            ident, title = _ha_id(f"{name}_{field}"), f"{name} {field}"
+        self.publish(f"{self.ha_prefix}/sensor/{node}/{ident}/config", {
+            "name": title, "unique_id": f"{node}_{ident}", "state_topic": state_topic,
+            "value_template": template,
+            "availability": [{"topic": self.status_topic,
+                              "value_template": "{{ value_json.server }}",
+                              "payload_available": "online",
+                              "payload_not_available": "offline"}],
+            "device": {"identifiers": [node], "name": self.instance_name,
+                       "manufacturer": "Klipper", "model": "moonflask",
+                       "sw_version": self.server.version}}, retain=True)
 
     def _on_klippy_disconnected(self) -> None:
         self._last_status.clear()   # the next Klippy's snapshot is published whole
@@ -572,6 +618,11 @@ class MQTTClient:
             self.run_later(disconnect)
         gevent.spawn(after_offline)
         done.wait(2.0)
+
+
+def _ha_id(text: str) -> str:
+    """``text`` as a Home Assistant object id (letters, digits, ``_``)."""
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "x"
 
 
 def _merge(into: dict[str, dict[str, Any]], status: dict[str, dict[str, Any]]) -> None:
