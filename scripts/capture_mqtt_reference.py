@@ -131,6 +131,7 @@ class Mqtt:
 def capture(cap, mq: Mqtt, ws, gcodes, broker, tmp):
     R = lambda n, m, params=None, **kw: cap.rpc(PREFIX + "rpc_" + n, ws, m, params, **kw)  # noqa
     H = lambda n, m, p, **kw: cap.http(PREFIX + "http_" + n, m, p, ws=ws, **kw)  # noqa
+    H("server.config", "GET", "/server/config")
     # -- request / response over MQTT -------------------------------------
     mq.request("server.info", "server.info")
     mq.request("objects.query", "printer.objects.query", {"objects": {"webhooks": None}})

@@ -178,6 +178,17 @@ def test_request_response(srv, client):
     assert dup["error"] == ref_body("api_timestamp.dup")["error"]
 
 
+def test_server_config_section(srv):
+    ours = srv.result("GET", "/server/config")["config"]["mqtt"]
+    ref = reference("mqtt_http_server.config")["body"]["result"]["config"]["mqtt"]
+    extra = {"enable_ha_discovery", "ha_discovery_prefix"}   # moonflask's own
+    assert set(ours) - extra == set(ref)
+    assert shape_diff(ref, {k: v for k, v in ours.items() if k not in extra},
+                      free=("$.status_objects",)) == []
+    assert ours["status_objects"] == {"webhooks": None, "toolhead": "position,homed_axes",
+                                      "print_stats": "state"}
+
+
 def test_status_on_klippy_change_combined(srv, client):
     wait_online(client, "mf")
     client.subscribe("mf/klipper/status")

@@ -88,6 +88,12 @@ def test_sensor_before_any_message(srv, client):
     assert "sensor" in srv.result("GET", "/server/info")["components"]
 
 
+def test_server_config_section(srv):
+    ours = srv.result("GET", "/server/config")["config"]["sensor mqtt_test"]
+    ref = reference("mqtt_http_server.config")["body"]["result"]["config"]["sensor mqtt_test"]
+    assert ours == ref
+
+
 def test_sensor_fed_by_mqtt(srv, client):
     ws = srv.ws()
     client.publish("test/sensor/state", {"temperature": 21.5, "humidity": 40})

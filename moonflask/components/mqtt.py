@@ -67,17 +67,13 @@ DUPLICATE_WINDOW = 1000     # mqtt_timestamps remembered for duplicate detection
 DUPLICATE_ERROR = -10000
 
 
-def parse_status_objects(lines: list[str]) -> dict[str, list[str] | None]:
-    """``status_objects`` lines (``webhooks``, ``toolhead=position,homed_axes``)
-    as ``{object: [fields] | None}`` (None: every field)."""
-    out: dict[str, list[str] | None] = {}
-    for line in lines:
-        name, sep, fields = line.partition("=")
-        name = name.strip()
-        if not name:
-            continue
-        out[name] = [f.strip() for f in fields.split(",") if f.strip()] if sep else None
-    return out
+def parse_status_objects(spec: dict[str, str | None]) -> dict[str, list[str] | None]:
+    """``status_objects`` read as a dict (``webhooks`` -> None,
+    ``toolhead=position,homed_axes`` -> ``"position,homed_axes"``) as
+    ``{object: [fields] | None}`` (None: every field)."""
+    return {name: None if fields is None else
+            [f.strip() for f in fields.split(",") if f.strip()]
+            for name, fields in spec.items()}
 
 
 def encode_payload(payload: Any) -> bytes:
@@ -149,7 +145,7 @@ class MQTTClient:
             raise ConfigError(f"[mqtt]: Invalid value '{protocol}' for option 'mqtt_protocol'"
                               f"; must be one of {list(PROTOCOLS)}")
         self.protocol = PROTOCOLS[protocol]
-        self.client_id: str = config.get("client_id", None) or ""
+        self.client_id: str = config.get("client_id", "")   # "": paho picks a random id
         self.enable_tls: bool = config.getboolean("enable_tls", False)
         self.instance_name: str = config.get("instance_name", socket.gethostname())
         if not self.instance_name or "+" in self.instance_name or "#" in self.instance_name:
@@ -157,9 +153,8 @@ class MQTTClient:
                               "it may not be empty nor contain wildcards (+ or #)")
         self.default_qos: int = config.getint("default_qos", 0, minval=0, maxval=2)
         self.api_qos: int = config.getint("api_qos", self.default_qos, minval=0, maxval=2)
-        self.status_objects = parse_status_objects(config.getlist("status_objects", []))
-        self.status_interval: float | None = config.getfloat("status_interval", None,
-                                                             minval=0.0)
+        self.status_objects = parse_status_objects(config.getdict("status_objects", {}))
+        self.status_interval: float = config.getfloat("status_interval", 0.0, minval=0.0)
         self.publish_split_status: bool = config.getboolean("publish_split_status", False)
         self.enable_api: bool = config.getboolean("enable_moonraker_api", True)
         # moonflask's own: Home Assistant MQTT discovery of the tracked fields

@@ -10,8 +10,8 @@ sandboxed, Klipper's ``{ }`` delimiters, ``payload`` and ``set_result(name,
 value)`` in its context, ``fromjson`` filter).  The values set become the
 sensor's ``values``; a change is announced as ``notify_sensor_update``
 ``[{sensor_id: values}]``.  Once a second the latest values are appended to
-per-parameter ring buffers sized like the temperature store
-(``[data_store] temperature_store_size``), served by
+per-parameter ring buffers of ``sensor_store_size`` samples (the
+reference's option; default: ``[data_store] temperature_store_size``), served by
 ``server.sensors.measurements``.
 
 ``history_field_*`` options track a parameter during print jobs with the
@@ -189,11 +189,11 @@ class Sensor:
                 self.history_fields.append(HistoryField(
                     self, option[len("history_field_"):], config.getdict(option)))
         self.store: dict[str, deque] = {}
-        self.store_size = store_size
+        self.store_size = config.getint("sensor_store_size", store_size, minval=1)
         mqtt = owner.server.lookup_component("mqtt", None)
         if mqtt is None:
             raise ConfigError(f"[{self.section}]: an mqtt sensor needs the [mqtt] section")
-        qos = config.getint("qos", mqtt.default_qos, minval=0, maxval=2)
+        qos = config.getint("qos", None, minval=0, maxval=2)   # None: [mqtt] default_qos
         self.state_topic = config.get("state_topic")
         source = config.get("state_response_template")
         try:
