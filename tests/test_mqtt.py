@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -371,6 +372,57 @@ def test_home_assistant_discovery(start_server, broker, tmp_root, client):
         assert retain and got["unique_id"] == "mfha_print_stats_state"
     finally:
         late.close()
+
+
+def test_wrong_password_is_refused_and_retried(start_server, broker, tmp_root, client):
+    client.subscribe("mfbadpw/moonraker/status")
+    srv = start_mqtt(start_server, broker, tmp_root, "mfbadpw",
+                     extra="# the secrets file's password is replaced below")
+    srv.stop()
+    conf = open(srv.config_path).read().replace("{secrets.mqtt.password}", "wrong")
+    open(srv.config_path, "w").write(conf)
+    srv.start()
+    srv.wait_klippy_state("ready")
+    deadline = time.monotonic() + 20
+    refusals = 0
+    while refusals < 2 and time.monotonic() < deadline:   # refused, then retried
+        refusals = open(srv.log_path).read().count("refused the connection")
+        time.sleep(0.2)
+    assert refusals >= 2
+    assert srv.result("GET", "/server/info")["klippy_state"] == "ready"
+    online = [p for t, p, _r in client.drain() if t == "mfbadpw/moonraker/status"
+              and p == {"server": "online"}]
+    assert len(online) == 1   # only from the first start, with the right password
+    srv.stop()
+
+
+def test_status_interval_limits_the_rate(start_server, broker, tmp_root, client):
+    srv = start_mqtt(start_server, broker, tmp_root, "mfrate", extra="status_interval: 1.0")
+    client.subscribe("mfrate/klipper/status")
+    srv.post("/printer/gcode/script", params={"script": "G28"}, timeout=60)
+    client.drain()
+    # the position changes every ~0.2 s for about 3 s (Klippy runs in batch
+    # mode here: each move completes at once, the pace is the test's) ...
+
+    def moves():
+        for i in range(12):
+            srv.post("/printer/gcode/script", params={"script": f"G1 X{20 + i} F6000"})
+            time.sleep(0.2)
+    mover = threading.Thread(target=moves)
+    mover.start()
+    stamps, last = [], None
+    deadline = time.monotonic() + 20
+    while (last is None or last[0] != 31.0) and time.monotonic() < deadline:
+        try:
+            payload, _r, _p = client.wait("mfrate/klipper/status", 5)
+        except TimeoutError:
+            break
+        stamps.append(time.monotonic())
+        last = payload["status"].get("toolhead", {}).get("position", last)
+    mover.join()
+    assert last[0] == 31.0 and 2 <= len(stamps) <= 5, (last, len(stamps))
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) > 0.8, gaps   # ... but is published at most once a second
 
 
 def test_broker_restart_reconnects_and_delivers_queue(srv, broker, client):
