@@ -376,9 +376,8 @@ def test_home_assistant_discovery(start_server, broker, tmp_root, client):
 
 def test_wrong_password_is_refused_and_retried(start_server, broker, tmp_root, client):
     client.subscribe("mfbadpw/moonraker/status")
-    srv = start_mqtt(start_server, broker, tmp_root, "mfbadpw",
-                     extra="# the secrets file's password is replaced below")
-    srv.stop()
+    srv = start_mqtt(start_server, broker, tmp_root, "mfbadpw")
+    srv.stop()   # restarted below with a wrong password
     conf = open(srv.config_path).read().replace("{secrets.mqtt.password}", "wrong")
     open(srv.config_path, "w").write(conf)
     srv.start()
