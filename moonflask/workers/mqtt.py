@@ -40,6 +40,7 @@ def run(comp: Any) -> None:
         comp: the :class:`moonflask.components.mqtt.MQTTClient`.
     """
     delay = BACKOFF_MIN
+    comp.connection_lost()   # restarted by the supervisor after an error: start clean
     while True:
         comp.client = client = comp.make_client()
         before = comp.connect_count
