@@ -498,8 +498,8 @@ def test_farm_three_printers_one_broker(broker, tmp_root, client):
                 json.dump({"mqtt": {"username": mqtt_broker.USERNAME,
                                     "password": mqtt_broker.PASSWORD}}, fh)
             srv = Moonflask(data, p.socket_path, CONF.format(
-                port=broker.port, instance=f"farm{i}", split=False, protocol="v3.1.1",
-                extra=""))
+                port=broker.port, instance=f"farm{i}", split=False,
+                protocol=("v3.1", "v3.1.1", "v5")[i], extra=""))   # each protocol
             servers.append(srv.start())
         client.subscribe("+/klipper/status")
         client.subscribe("+/moonraker/status")
