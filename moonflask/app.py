@@ -54,6 +54,8 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "extensions": ("moonflask.components.extensions", None),
     "notifier": ("moonflask.components.notifier", "notifier "),
     "octoprint_compat": ("moonflask.components.octoprint_compat", "octoprint_compat"),
+    "mqtt": ("moonflask.components.mqtt", "mqtt"),
+    "sensor": ("moonflask.components.sensor", "sensor "),
 }
 
 # API groups (moonflask/blueprints/<group>.py) -> the component they serve:
@@ -74,6 +76,8 @@ BLUEPRINTS: dict[str, str | None] = {
     "notifiers": "notifier",
     "extensions": "extensions",
     "octoprint": "octoprint_compat",
+    "mqtt": "mqtt",
+    "sensors": "sensor",
     "debug": DEBUG_ONLY,
 }
 

@@ -159,6 +159,8 @@ class History:
         }
         self.current = job
         self._apply_stats(stats)
+        # providers (sensor history fields) append their entries
+        self.server.events.emit("history:auxiliary_data", job["auxiliary_data"])
         self._store(job)
         self.meta.insert(CURRENT_KEY, job_id)
         self._mark_file(job)
@@ -227,6 +229,8 @@ class History:
         t["total_filament_used"] += job["filament_used"]
         t["longest_job"] = max(t["longest_job"], job["total_duration"])
         t["longest_print"] = max(t["longest_print"], job["print_duration"])
+        job["auxiliary_data"] = []
+        self.server.events.emit("history:auxiliary_data", job["auxiliary_data"])
         self._store(job)
         self.meta.insert(TOTALS_KEY, dict(t))
         self.meta.pop(CURRENT_KEY, None)
