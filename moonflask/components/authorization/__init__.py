@@ -409,20 +409,25 @@ class Authorization:
         return self.enable_api_key and hmac.compare_digest(
             key.encode("utf-8", "surrogateescape"), self.api_key.encode())
 
-    def _credentials(self, args: Any, headers: Any, ip: str | None) -> dict | None:
+    def _credentials(self, args: Any, headers: Any, ip: str | None,
+                     skip_bad_oneshot: bool = False) -> dict | None:
         """The user for a request's query ``args``/``headers``/address, or None.
 
         Raises ApiError 401 for a credential that is presented but invalid (a
         used or unknown oneshot token, a wrong API key, a JWT that does not
         verify or is not an access token), whatever the address: as in
         Moonraker, a trusted client presenting a wrong key is refused.  Blank
-        values (``X-Api-Key: ""``, ``Bearer ``, ``?token=``) count as absent."""
+        values (``X-Api-Key: ""``, ``Bearer ``, ``?token=``) count as absent.
+        ``skip_bad_oneshot``: an invalid oneshot token is ignored instead (the
+        websocket upgrade, as the reference: a client reconnecting with the
+        URL of its last connection keeps its address's trust)."""
         token = (args.get("token") or "").strip()
         if token:
             user = self._take_oneshot(token)
             if user is not None:
                 return user
-            raise _unauthorized()
+            if not skip_bad_oneshot:
+                raise _unauthorized()
         key = (headers.get("X-Api-Key") or "").strip()
         if key:
             if self._key_matches(key):
@@ -485,9 +490,11 @@ class Authorization:
         succeeds, as in Moonraker; ``refused`` is True when the upgrade
         presented invalid credentials: the connection is then not trusted
         by its address either (:meth:`check_connection`) until it logs in or
-        identifies with valid ones."""
+        identifies with valid ones.  A used or unknown oneshot token is
+        ignored here, as in the reference."""
         try:
-            return self._credentials(request.args, request.headers, request.remote_addr), False
+            return self._credentials(request.args, request.headers, request.remote_addr,
+                                     skip_bad_oneshot=True), False
         except ApiError:
             return None, True
 
