@@ -17,3 +17,10 @@ worker_connections = 1000
 timeout = 120          # seconds: CPU work never runs on the hub, this is a safety net
 graceful_timeout = 5
 preload_app = False    # the gevent worker patches after fork: never preload
+# Moonraker accepts a request line and headers of up to 64 KiB (gcode scripts
+# in the query string); gunicorn caps limit_request_line at 8190 unless it is
+# 0 (no limit), and a field at limit_request_field_size.  The 64 KiB limit
+# itself (414/431) is applied by moonflask.http_limits.RequestHeadLimit (wsgi.py).
+limit_request_line = 0
+limit_request_field_size = 65536
+limit_request_fields = 100

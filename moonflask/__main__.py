@@ -16,10 +16,13 @@ import sys  # noqa: E402
 import gevent  # noqa: E402
 from http import client as http_client  # noqa: E402
 
+from gevent import pywsgi  # noqa: E402
 from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer  # noqa: E402
 
 from .app import Server, create_app  # noqa: E402
 from .config import ConfigError  # noqa: E402
+from .http_limits import (HEADERS_TOO_LARGE, MAX_HEADER_BYTES, URI_TOO_LONG,  # noqa: E402
+                          error_response_bytes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,19 +40,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_request_headers(fp) -> OldMessage:
+# gevent's own limit on the request line is 8 KiB; it reads the line with,
+# and compares it to, this module constant: raise it to the reference's 64 KiB.
+pywsgi.MAX_REQUEST_LINE = MAX_HEADER_BYTES
+URI_TOO_LONG_RESPONSE = error_response_bytes(414, URI_TOO_LONG)
+HEADERS_TOO_LARGE_RESPONSE = error_response_bytes(431, HEADERS_TOO_LARGE)
+
+
+def parse_request_headers(fp, budget: int = MAX_HEADER_BYTES) -> OldMessage:
     """Read a request's header block from ``fp`` into the message object
     gevent's handler expects, without the ``email`` package's parser that
     ``http.client.parse_headers`` uses (a tenth of a small request's cost).
 
-    Same limits as http.client: lines of 64 KiB, 100 headers.  A malformed
-    block sets ``status``, which the handler answers with a 400."""
+    Args:
+        budget: the bytes the header lines may take together (what is left
+            of MAX_HEADER_BYTES after the request line).
+    At most 100 headers.  A block over ``budget`` sets ``status`` to
+    HEADERS_TOO_LARGE (answered 431); a malformed block sets another
+    ``status``, answered 400."""
     msg = OldMessage()
     headers = msg._headers
     while True:
-        line = fp.readline(http_client._MAXLINE + 1)
-        if len(line) > http_client._MAXLINE:
-            msg.status = "Line too long"
+        line = fp.readline(budget + 1)
+        budget -= len(line)
+        if budget < 0:
+            msg.status = HEADERS_TOO_LARGE
             return msg
         if line in (b"\r\n", b"\n", b""):
             return msg
@@ -72,9 +87,13 @@ def parse_request_headers(fp) -> OldMessage:
 
 
 class MoonflaskHandler(WSGIHandler):
-    """gevent's WSGI handler with three changes:
+    """gevent's WSGI handler with these changes:
 
     - request headers are parsed by :func:`parse_request_headers`;
+    - a request line and header block of up to 64 KiB together are accepted
+      (http_limits.MAX_HEADER_BYTES, as the reference), 414/431 beyond, with
+      Moonraker's JSON error body, once the rest of the head is read (so the
+      client gets the answer, not a reset);
     - the status line, the headers and the first body chunk go out in one
       ``send`` (gevent sends headers and body apart: one more syscall per
       response, and a Nagle stall without TCP_NODELAY);
@@ -86,7 +105,38 @@ class MoonflaskHandler(WSGIHandler):
     _pending: bytearray | None = None
 
     def MessageClass(self, fp, *_args):  # noqa: N802 (gevent's name)
-        return parse_request_headers(fp)
+        return parse_request_headers(fp, MAX_HEADER_BYTES - len(self.requestline or ""))
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[0] == "414":
+            self._drain_request_head()
+            return ("414", URI_TOO_LONG_RESPONSE)
+        return result
+
+    def _handle_client_error(self, ex: Exception):
+        headers = getattr(self, "headers", None)
+        if getattr(headers, "status", None) == HEADERS_TOO_LARGE:
+            self.log_error("(from %s) request head over %d bytes", self.client_address,
+                           MAX_HEADER_BYTES)
+            self._drain_request_head()
+            return ("431", HEADERS_TOO_LARGE_RESPONSE)
+        return super()._handle_client_error(ex)
+
+    def _drain_request_head(self, limit: int = 1 << 20, timeout: float = 2.0) -> None:
+        """Read what is left of a refused request's head (up to ``limit``
+        bytes, ``timeout`` seconds), so that closing the socket does not
+        reset the connection before the client reads the error."""
+        try:
+            self.socket.settimeout(timeout)
+            read = 0
+            while read < limit:
+                line = self.rfile.readline(65536)
+                read += len(line)
+                if line in (b"\r\n", b"\n", b""):
+                    return
+        except (OSError, ValueError):
+            return
 
     def handle_one_response(self) -> None:
         super().handle_one_response()

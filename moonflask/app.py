@@ -280,7 +280,11 @@ def make_view(server: Server, ep: Endpoint):
     def view(**_path_args: Any) -> flask.Response:
         request = flask.request
         try:
-            user = server.auth.authenticate_http(request, ep)
+            if "http_user" in flask.g:          # authenticated before routing
+                user = flask.g.http_user
+                server.auth.require_user(user, ep)
+            else:
+                user = server.auth.authenticate_http(request, ep)
             args = Args(http_args(request))
             result = ep.handler(ApiRequest(args, request.method, server, HTTP, None, user,
                                            request.remote_addr, request))
@@ -326,6 +330,7 @@ def create_app(server: Server | None = None, start: bool = True) -> flask.Flask:
     server.register_blueprints(app)
     _install_transports(app, server)
     _install_cors(app, server)
+    _install_auth(app, server)
     if server.use_xheaders:  # behind nginx: the client address comes from X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore
     if server.route_prefix:
@@ -360,10 +365,7 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
             return None
         if server.connections.websocket_limit_reached():
             return error_response(503, "Maximum Number of Websocket Connections Reached")
-        try:
-            flask.g.ws_user = server.auth.authenticate_websocket(flask.request)
-        except ApiError as err:
-            return error_response(err.status, err.message)
+        flask.g.ws_user, flask.g.ws_refused = server.auth.websocket_credentials(flask.request)
         return None
 
     @sock.route("/websocket")
@@ -371,6 +373,7 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
         request = flask.request
         conn = WebsocketConnection(server.connections, ws, request.remote_addr,
                                    flask.g.get("ws_user"))
+        conn.credentials_refused = bool(flask.g.get("ws_refused"))
         server.connections.add(conn)
         try:
             while not conn.closed:
@@ -387,7 +390,8 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
     def http_jsonrpc() -> flask.Response:
         request = flask.request
         try:
-            user = server.auth.authenticate_http(request, None)
+            user = flask.g.http_user if "http_user" in flask.g \
+                else server.auth.authenticate_http(request, None)
         except ApiError as err:
             return error_response(err.status, err.message)
         reply = server.jsonrpc.dispatch(request.get_data(), transport=HTTP, user=user,
@@ -428,6 +432,8 @@ def _install_cors(app: flask.Flask, server: Server) -> None:
                                       mimetype="text/html")
             return None
         if req.method == "OPTIONS":
+            if req.url_rule is None:             # an unknown path: 404, as the reference
+                return None
             origin = req.headers.get("Origin")
             if auth.cors_allowed(origin):
                 resp = flask.Response(status=204)
@@ -446,3 +452,36 @@ def _install_cors(app: flask.Flask, server: Server) -> None:
                 and auth.cors_allowed(origin):
             resp.headers["Access-Control-Allow-Origin"] = origin
         return resp
+
+
+# Paths that authenticate on their own: the websocket upgrades (always
+# accepted, as in Moonraker; the connection starts unauthenticated) and the
+# index page, public in the reference.
+AUTH_EXEMPT_PATHS = frozenset({"/websocket", "/klippysocket", "/"})
+
+
+def _install_auth(app: flask.Flask, server: Server) -> None:
+    """Authentication before routing, as in Moonraker: every HTTP request
+    but a CORS preflight (``OPTIONS``) and AUTH_EXEMPT_PATHS is
+    authenticated before its route is looked up, so that from an untrusted
+    address without credentials an unknown path or a wrong verb is a 401
+    like any endpoint, and invalid credentials are a 401 everywhere
+    (``Authorization.authenticate_request``).  Public paths are those of the
+    endpoints declared ``auth=False`` and ``/server/jsonrpc`` (checked per
+    method); the user found is kept in ``flask.g.http_user`` for the view."""
+    public: set[str] = set()
+
+    @app.before_request
+    def _authenticate_before_routing() -> Any:
+        req = flask.request
+        if req.method == "OPTIONS" or req.path in AUTH_EXEMPT_PATHS:
+            return None
+        if not public:
+            public.update(ep.path for ep in server.registry.endpoints
+                          if not ep.auth and HTTP in ep.transports)
+            public.add("/server/jsonrpc")
+        try:
+            flask.g.http_user = server.auth.authenticate_request(req, req.path in public)
+        except ApiError as err:
+            return error_response(err.status, err.message)
+        return None

@@ -36,6 +36,8 @@ class Connection:
         transport: ``websocket`` or ``unix``.
         ip: the peer address (None for the unix socket).
         user: the authenticated user dict, or None.
+        credentials_refused: the websocket upgrade presented invalid
+            credentials: the address no longer counts as trusted.
         subscriptions: ``{object_name: [fields] | None}`` as last requested
             with ``printer.objects.subscribe``.
         client_name, version, client_type, url: from identify (None before).
@@ -50,6 +52,7 @@ class Connection:
         self.uid = manager.new_uid()
         self.ip = ip
         self.user = user
+        self.credentials_refused = False
         self.subscriptions: dict[str, list[str] | None] = {}
         self.identified = False
         self.client_name: str | None = None
@@ -94,6 +97,11 @@ class Connection:
     def write(self, text: str) -> None:
         """Write one message to the peer (subclasses); may block."""
         raise NotImplementedError
+
+    def receives_notifications(self) -> bool:
+        """True when broadcasts reach this connection: it is authenticated
+        (``Authorization.connection_authenticated``)."""
+        return self.server.auth.connection_authenticated(self)
 
     # -- inbound ---------------------------------------------------------
     def handle_frame(self, raw: bytes | str) -> None:
@@ -237,9 +245,12 @@ class ConnectionManager:
         return self.websocket_count() >= self.max_websockets
 
     def broadcast(self, text: str) -> None:
-        """Queue an already-encoded message on every connection."""
+        """Queue an already-encoded message on every authenticated
+        connection (an untrusted websocket that has not logged in or
+        identified with credentials receives no notification)."""
         for conn in list(self._conns.values()):
-            conn.send_text(text)
+            if conn.receives_notifications():
+                conn.send_text(text)
 
     def close_all(self) -> None:
         """Close every connection (shutdown / restart)."""

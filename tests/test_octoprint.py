@@ -17,9 +17,16 @@ GCODE = os.path.join(SHARED, "gcode")
 SMALL = b"; small\nG28\nG1 X10 Y10 F3000\nM118 printed\n"
 
 
+# The server's real API key, set by the srv fixture: from a trusted address
+# too, a wrong key is a 401, as in the reference (a blank one counts as none).
+API_KEY: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def srv(start_server):
-    return start_server(config="[octoprint_compat]\n")
+    server = start_server(config="[octoprint_compat]\n")
+    API_KEY["key"] = server.result("GET", "/access/api_key")
+    return server
 
 
 def raw_request(srv, head: bytes, body: bytes, expect_continue: bool = False) -> tuple[int, dict, bytes]:
@@ -63,7 +70,7 @@ def prusaslicer_upload(srv, name: str, data: bytes, print_: bool) -> tuple[int, 
             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + \
         f"\r\n--{b}--\r\n".encode()
     head = (f"POST /api/files/local HTTP/1.1\r\nHost: {srv.host}:{srv.port}\r\n"
-            "User-Agent: PrusaSlicer/2.5.0\r\nAccept: */*\r\nX-Api-Key: 0123456789ABCDEF\r\n"
+            f"User-Agent: PrusaSlicer/2.5.0\r\nAccept: */*\r\nX-Api-Key: {API_KEY['key']}\r\n"
             f"Content-Length: {len(body)}\r\nContent-Type: multipart/form-data; boundary={b}\r\n"
             "Expect: 100-continue\r\n\r\n").encode()
     return raw_request(srv, head, body, expect_continue=True)
@@ -81,7 +88,7 @@ def cura_upload(srv, name: str, data: bytes, print_: bool) -> tuple[int, dict, b
     body += (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\""
              "\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
     head = (f"POST /api/files/local HTTP/1.1\r\nHost: {srv.host}:{srv.port}\r\n"
-            "X-Api-Key: 0123456789ABCDEF\r\nUser-Agent: Cura/4.13.0 OctoPrintPlugin/3.7.0\r\n"
+            f"X-Api-Key: {API_KEY['key']}\r\nUser-Agent: Cura/4.13.0 OctoPrintPlugin/3.7.0\r\n"
             f"Content-Type: multipart/form-data; boundary=\"{b}\"\r\nMIME-Version: 1.0\r\n"
             f"Content-Length: {len(body)}\r\nConnection: Keep-Alive\r\n"
             "Accept-Encoding: gzip, deflate\r\nAccept-Language: en-US,*\r\n\r\n").encode()
@@ -100,7 +107,9 @@ def wait_state(srv, states, timeout=20):
 
 
 def test_version_probe_and_stubs(srv):
-    hdr = {"X-Api-Key": "0123456789ABCDEF"}
+    hdr = {"X-Api-Key": API_KEY["key"]}
+    # a slicer with a wrong key on a trusted address: refused, as the reference
+    assert srv.get("/api/version", headers={"X-Api-Key": "0123456789ABCDEF"}).status_code == 401
     v = srv.get("/api/version", headers=hdr).json()
     assert v["server"] == "1.5.0" and v["api"] == "0.1" and v["text"].startswith("OctoPrint (")
     assert srv.get("/api/server", headers=hdr).json() == {"server": "1.5.0", "safemode": None}
@@ -126,7 +135,7 @@ def test_version_probe_and_stubs(srv):
 def test_prusaslicer_upload_flow(srv):
     with open(os.path.join(GCODE, "prusaslicer_cube20_0.2mm_pla_labels.gcode"), "rb") as fh:
         data = fh.read()
-    assert srv.get("/api/version", headers={"X-Api-Key": "0123456789ABCDEF"}).status_code == 200
+    assert srv.get("/api/version", headers={"X-Api-Key": API_KEY["key"]}).status_code == 200
     status, headers, body = prusaslicer_upload(srv, "ps_cube.gcode", data, print_=False)
     assert status == 201, body
     res = json.loads(body)
@@ -146,7 +155,7 @@ def test_prusaslicer_upload_and_print(srv):
 
 
 def test_cura_upload_flow(srv):
-    hdr = {"X-Api-Key": "0123456789ABCDEF"}
+    hdr = {"X-Api-Key": API_KEY["key"]}
     for path in ("/api/version", "/api/settings", "/api/printerprofiles", "/api/printer",
                  "/api/job"):
         assert srv.get(path, headers=hdr).status_code == 200, path

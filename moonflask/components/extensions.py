@@ -155,7 +155,7 @@ class Extensions:
         text = jsonutil.dumps({"jsonrpc": "2.0", "method": "notify_agent_event",
                                "params": [payload]})
         for other in self.server.connections.all():
-            if exclude_sender and other is conn:
+            if exclude_sender and other is conn or not other.receives_notifications():
                 continue
             other.send_text(text)
 

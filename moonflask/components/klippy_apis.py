@@ -321,7 +321,7 @@ class Klippy:
     def _fan_out(self, status: dict, eventtime: float) -> None:
         for conn in self.server.connections.all():
             subs = conn.subscriptions
-            if not subs:
+            if not subs or not conn.receives_notifications():
                 continue
             out = filter_status(status, subs, skip_empty=True)
             if out:

@@ -1,9 +1,15 @@
 """Authorization: who may call what.  Spec: web_api.md "Authorization".
 
 Every transport asks this module, never decides itself:
+- ``authenticate_request(request, public) -> user | None`` for every HTTP
+  request, before routing (raises ApiError 401 for credentials that are
+  presented but invalid, and for a request without credentials from an
+  untrusted address unless its path is public);
 - ``authenticate_http(request, endpoint) -> user | None`` for each HTTP call
   (raises ApiError 401 when the endpoint needs credentials it lacks);
-- ``authenticate_websocket(request) -> user | None`` at upgrade time;
+- ``authenticate_websocket(request) -> user | None`` and
+  ``websocket_credentials(request) -> (user | None, refused)`` at upgrade time;
+- ``connection_authenticated(conn) -> bool``: may ``conn`` receive notifications;
 - ``check_connection(conn, endpoint) -> user | None`` for each JSON-RPC call
   on a persistent connection;
 - ``require_user(user, endpoint)`` for JSON-RPC over HTTP;
@@ -19,7 +25,10 @@ It implements Moonraker's rules:
   single use), the API key (``X-Api-Key`` header), a JSON Web Token
   (``Authorization: Bearer`` header or ``?access_token=``), then the client's
   address against ``trusted_clients`` (IPv4/IPv6 addresses, CIDR ranges,
-  hostnames resolved to addresses);
+  hostnames resolved to addresses).  A credential that is presented but
+  invalid is a 401 on every HTTP path, public ones included, from a trusted
+  address too (front ends refresh their token on that 401); a blank one
+  counts as none (KlipperScreen sends ``X-Api-Key: ""`` when it has no key);
 - ``force_logins``: once a user exists, trusted addresses no longer count;
 - users live in the database namespace ``authorized_users`` (forbidden to
   clients), passwords hashed with Argon2id (argon2-cffi); Moonraker's legacy
@@ -161,6 +170,8 @@ class TrustedClients:
                 log.warning("[authorization]: invalid trusted_clients entry %r", entry)
         self._resolved: set[ipaddress._BaseAddress] = set()
         self._resolved_at = 0.0
+        self._verdicts: dict[str, bool] = {}     # ip -> contains(ip), cleared on refresh
+        self._verdicts_at = 0.0
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -178,9 +189,20 @@ class TrustedClients:
 
     def contains(self, ip: str | None) -> bool:
         """True when the address ``ip`` is trusted (IPv4-mapped IPv6 addresses
-        are matched as IPv4)."""
+        are matched as IPv4).  Verdicts are remembered for HOSTNAME_REFRESH
+        seconds (every broadcast asks, for every connection)."""
         if not ip:
             return False
+        now = time.monotonic()
+        if now - self._verdicts_at > HOSTNAME_REFRESH or len(self._verdicts) > 4096:
+            self._verdicts = {}
+            self._verdicts_at = now
+        verdict = self._verdicts.get(ip)
+        if verdict is None:
+            verdict = self._verdicts[ip] = self._contains(ip)
+        return verdict
+
+    def _contains(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip.split("%")[0])
         except ValueError:
@@ -383,25 +405,39 @@ class Authorization:
             return False
         return self.trusted.contains(ip)
 
-    def _credentials(self, args: Any, headers: Any, ip: str | None) -> dict | None:
+    def _key_matches(self, key: str) -> bool:
+        return self.enable_api_key and hmac.compare_digest(
+            key.encode("utf-8", "surrogateescape"), self.api_key.encode())
+
+    def _credentials(self, args: Any, headers: Any, ip: str | None,
+                     skip_bad_oneshot: bool = False) -> dict | None:
         """The user for a request's query ``args``/``headers``/address, or None.
-        Raises ApiError 401 for credentials that are present but wrong."""
-        token = args.get("token")
+
+        Raises ApiError 401 for a credential that is presented but invalid (a
+        used or unknown oneshot token, a wrong API key, a JWT that does not
+        verify or is not an access token), whatever the address: as in
+        Moonraker, a trusted client presenting a wrong key is refused.  Blank
+        values (``X-Api-Key: ""``, ``Bearer ``, ``?token=``) count as absent.
+        ``skip_bad_oneshot``: an invalid oneshot token is ignored instead (the
+        websocket upgrade, as the reference: a client reconnecting with the
+        URL of its last connection keeps its address's trust)."""
+        token = (args.get("token") or "").strip()
         if token:
             user = self._take_oneshot(token)
             if user is not None:
                 return user
+            if not skip_bad_oneshot:
+                raise _unauthorized()
+        key = (headers.get("X-Api-Key") or "").strip()
+        if key:
+            if self._key_matches(key):
+                return self.api_key_user()
             raise _unauthorized()
-        key = headers.get("X-Api-Key")
-        if key and self.enable_api_key and hmac.compare_digest(key, self.api_key):
-            return self.api_key_user()
-        # A wrong key is not a verdict by itself: as in Moonraker the request may
-        # still pass as a trusted client (a slicer with a stale key on the LAN).
         auth = headers.get("Authorization", "")
         bearer = None
         if auth.lower().startswith("bearer "):
             bearer = auth[7:].strip()
-        bearer = bearer or args.get("access_token")
+        bearer = bearer or (args.get("access_token") or "").strip()
         if bearer:
             try:
                 return self.public(self.decode_token(bearer, "access"))
@@ -410,6 +446,26 @@ class Authorization:
         if self.is_trusted(ip):
             return dict(self._trusted_user)
         return None
+
+    def authenticate_request(self, request: Any, public: bool) -> dict | None:
+        """Authentication before routing (Moonraker's order): the user of an
+        HTTP request whatever its path and verb, so that an anonymous caller
+        cannot tell which endpoints exist.
+
+        Args:
+            request: ``args``, ``headers``, ``remote_addr`` (a Flask request).
+            public: the path is one an anonymous caller may reach
+                (``/access/login``, ``/access/info``, ``/access/refresh_jwt``,
+                ``POST /server/jsonrpc``, whose methods are checked one by one).
+        Returns: the user, or None (no credentials, untrusted, public path).
+        Raises: ApiError 401 "Unauthorized" for invalid credentials (any
+        path), or for no credentials from an untrusted address on a path
+        that is not public (unknown paths and wrong verbs included).
+        """
+        user = self._credentials(request.args, request.headers, request.remote_addr)
+        if user is None and not public:
+            raise _unauthorized()
+        return user
 
     def authenticate_http(self, request: Any, endpoint: Any) -> dict | None:
         """The user of an HTTP request (``request``: ``args``, ``headers``,
@@ -421,25 +477,38 @@ class Authorization:
         Raises: ApiError 401 "Unauthorized" when the endpoint needs a user
         and the request has none, or carries wrong credentials.
         """
-        needs = endpoint is not None and endpoint.auth
-        try:
-            user = self._credentials(request.args, request.headers, request.remote_addr)
-        except ApiError:
-            if needs:
-                raise
-            return None
-        if user is None and needs:
-            raise _unauthorized()
-        return user
+        return self.authenticate_request(request, not (endpoint is not None and endpoint.auth))
 
     def authenticate_websocket(self, request: Any) -> dict | None:
         """The user of a websocket upgrade (oneshot token, access_token,
         API key or JWT header, trusted address); None lets the client connect
         unauthenticated: it may then log in or identify with credentials."""
+        return self.websocket_credentials(request)[0]
+
+    def websocket_credentials(self, request: Any) -> tuple[dict | None, bool]:
+        """``(user, refused)`` for a websocket upgrade.  The upgrade always
+        succeeds, as in Moonraker; ``refused`` is True when the upgrade
+        presented invalid credentials: the connection is then not trusted
+        by its address either (:meth:`check_connection`) until it logs in or
+        identifies with valid ones.  A used or unknown oneshot token is
+        ignored here, as in the reference."""
         try:
-            return self._credentials(request.args, request.headers, request.remote_addr)
+            return self._credentials(request.args, request.headers, request.remote_addr,
+                                     skip_bad_oneshot=True), False
         except ApiError:
-            return None
+            return None, True
+
+    def connection_authenticated(self, conn: Any) -> bool:
+        """True when ``conn`` may receive notifications: unix-socket and
+        internal connections, a logged-in/identified user, or a trusted
+        address that presented no invalid credentials.  An untrusted
+        websocket that has not authenticated receives nothing, as in
+        Moonraker."""
+        if conn.user is not None or conn.transport in (UNIX, INTERNAL):
+            return True
+        if getattr(conn, "credentials_refused", False):
+            return False
+        return self.is_trusted(conn.ip)
 
     def check_connection(self, conn: Any, endpoint: Any) -> dict | None:
         """The user for a JSON-RPC call on ``conn``; raises ApiError 401 when
@@ -453,7 +522,7 @@ class Authorization:
             conn.user = user = None          # deleted meanwhile
         if conn.transport in (UNIX, INTERNAL):
             return dict(self._trusted_user)
-        if self.is_trusted(conn.ip):
+        if self.is_trusted(conn.ip) and not getattr(conn, "credentials_refused", False):
             return dict(self._trusted_user)
         if endpoint is not None and endpoint.auth:
             raise _unauthorized()
@@ -469,18 +538,37 @@ class Authorization:
         (``access_token`` wins over ``api_key``).  Raises ApiError 401."""
         if access_token:
             conn.user = self.public(self.decode_token(access_token, "access"))
-        elif api_key:
-            if not (self.enable_api_key and hmac.compare_digest(api_key, self.api_key)):
+        elif api_key and str(api_key).strip():
+            if not self._key_matches(str(api_key).strip()):
                 raise _unauthorized("Invalid API Key")
             conn.user = self.api_key_user()
 
     # -- origin checks ---------------------------------------------------------
     def cors_allowed(self, origin: str | None) -> bool:
-        """True when ``origin`` matches a ``cors_domains`` pattern."""
-        if not origin:
+        """True when a cross-origin HTTP request from the page at ``origin``
+        is answered with CORS headers.  As in Moonraker, only when
+        ``cors_domains`` is configured: ``origin`` matches one of its
+        patterns, or its host is an IP address in ``trusted_clients``
+        (Mainsail or Fluidd served on their own port of a trusted machine:
+        ``http://192.168.1.20:8080``)."""
+        if not origin or not self.cors:
             return False
         low = origin.lower().rstrip("/")
-        return any(p.match(low) for p in self.cors)
+        if any(p.match(low) for p in self.cors):
+            return True
+        from urllib.parse import urlsplit
+        try:
+            parts = urlsplit(low)
+            host = parts.hostname or ""
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https"):
+            return False
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False                       # a hostname: cors_domains only
+        return self.trusted.contains(host)
 
     def websocket_origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Moonraker's Origin check for websocket upgrades: no Origin, the
@@ -494,12 +582,12 @@ class Authorization:
         from urllib.parse import urlsplit
         try:
             parts = urlsplit(origin)
-            host = parts.hostname or ""
+            origin_host = parts.hostname or ""
         except ValueError:
             return False
         if parts.netloc and parts.netloc.lower() == (host or "").lower():
             return True
-        return self.trusted.contains(host)
+        return self.trusted.contains(origin_host)
 
     # -- login throttling --------------------------------------------------
     def _throttle(self, ip: str) -> gevent.lock.Semaphore:
