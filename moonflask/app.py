@@ -48,7 +48,7 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "proc_stats": ("moonflask.components.proc_stats", None),
     "job_state": ("moonflask.components.job_state", None),
     "job_queue": ("moonflask.components.job_queue", None),
-    "history": ("moonflask.components.history", "history"),
+    "history": ("moonflask.components.history", None),   # loaded by default, as Moonraker
     "announcements": ("moonflask.components.announcements", None),
     "webcam": ("moonflask.components.webcam", None),
     "extensions": ("moonflask.components.extensions", None),

@@ -285,7 +285,8 @@ def test_delete_and_reset(srv):
     assert srv.result("GET", "/server/history/list") == {"count": 0, "jobs": []}
 
 
-def test_history_not_configured(start_server, printer_data, tmp_path):
+def test_history_loaded_without_its_section(start_server, printer_data, tmp_path):
+    """As Moonraker 0.11.0: history is a default component, [history] or not."""
     other = start_server(config="", data_path=str(tmp_path / "pd"))
-    assert other.get("/server/history/list").status_code == 404
-    assert other.ws().request("server.history.list")["error"]["code"] == -32601
+    assert other.result("GET", "/server/history/list") == {"count": 0, "jobs": []}
+    assert "history" in other.result("GET", "/server/info")["components"]

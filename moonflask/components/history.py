@@ -408,5 +408,7 @@ def _is_job_id(key: Any) -> bool:
 
 
 def load_component(server: Any, _config: Any) -> History:
-    """Create the history component (``[history]``)."""
+    """Create the history component (``[history]``, optional: loaded by
+    default as in Moonraker 0.11; the section has no options)."""
+    server.config.section("history")
     return History(server)
