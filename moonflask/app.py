@@ -57,6 +57,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "extensions": ("moonflask.extensions", None),
     "notifier": ("moonflask.notifiers", None),
     "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
+    "power": ("moonflask.components.power", "power"),
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
@@ -129,7 +130,8 @@ class Server:
         register its blueprint; a failing one is logged and reported in
         ``failed_components``."""
         for name, (modname, section) in OPTIONAL_COMPONENTS.items():
-            if section is not None and not self.config.has_section(section):
+            if section is not None and not (self.config.has_section(section)
+                                            or self.config.prefix_sections(section + " ")):
                 continue
             try:
                 mod = importlib.import_module(modname)
