@@ -58,6 +58,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "notifier": ("moonflask.notifiers", None),
     "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
     "power": ("moonflask.components.power", "power"),
+    "wled": ("moonflask.components.wled", "wled"),
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
