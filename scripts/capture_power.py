@@ -28,6 +28,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 import capture_reference as cr  # noqa: E402
 import fake_devices as fd  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+from long_gcode import write_long_gcode  # noqa: E402
 import sim_printer  # noqa: E402
 
 
@@ -62,10 +64,16 @@ trusted_clients:
 [power beeper]
 type: klipper_device
 object_name: output_pin BEEPER_pin
+locked_while_printing: True
 
 [power tasmota]
 type: tasmota
 address: {d['tasmota'].host}
+
+[power lockedplug]
+type: tasmota
+address: {d['tasmota'].host}
+locked_while_printing: True
 
 [power dead]
 type: tasmota
@@ -205,6 +213,24 @@ def steps(cap, ws, devices, sim) -> None:
              "/machine/wled/strip?strip=lights&action=control&brightness=300")
     cap.http(w + "http_strip_unknown", "GET", "/machine/wled/strip?strip=nope")
     cap.http(w + "http_strip_off", "POST", "/machine/wled/strip?strip=lights&action=off")
+    # locked_while_printing during a real print
+    started = cap.http_raw("POST", "/printer/print/start?filename=long.gcode")
+    deadline = time.monotonic() + 30
+    state = None
+    while time.monotonic() < deadline:
+        _, _, body = cap.http_raw("GET", "/printer/objects/query?print_stats=state")
+        state = body["result"]["status"]["print_stats"]["state"]
+        if state == "printing":
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    cap.http(p + "http_post_locked", "POST",
+             "/machine/device_power/device?device=beeper&action=on",
+             print_start=started[2], print_state=state)
+    cap.http(p + "http_post_locked_plug", "POST",
+             "/machine/device_power/device?device=lockedplug&action=on", ws=ws, linger=0.5)
+    cap.http(p + "http_on_locked", "POST", "/machine/device_power/on?beeper&lockedplug")
+    cap.http_raw("POST", "/printer/print/cancel")
     cap.http(p + "http_server_info", "GET", "/server/info")
     cap.http(p + "http_server_config", "GET", "/server/config")
 
@@ -221,6 +247,7 @@ def main() -> None:
     data = os.path.join(tmp, "data")
     for d in ("config", "gcodes", "logs"):
         os.makedirs(os.path.join(data, d), exist_ok=True)
+    write_long_gcode(os.path.join(data, "gcodes", "long.gcode"), 8)
     devices = make_devices()
     port = cr.free_port()
     conf = os.path.join(data, "config", "moonraker.conf")

@@ -55,7 +55,7 @@ def devices():
             "homeseer": fd.Homeseer(), "loxone": fd.Loxone(),
             "smartthings": fd.SmartThings("sttok", "dev-1"), "tplink": fd.TPLink(),
             "strip": fd.TPLink(children=2), "http": fd.GenericHttp(),
-            "queued": fd.Tasmota(), "shutdown": fd.Tasmota()}
+            "queued": fd.Tasmota(), "shutdown": fd.Tasmota(), "timed": fd.Tasmota()}
     yield devs
     for dev in devs.values():
         dev.stop()
@@ -363,7 +363,8 @@ def test_external_changes(srv, devices):
     srv.post("/printer/gcode/script?script=SET_PIN PIN=BEEPER_pin VALUE=1")
     note = ws.wait_notification("notify_power_changed", timeout=10,
                                 predicate=lambda m: m["params"][0]["device"] == "beeper")
-    ref = reference("power_notify_external_klipper")["notifications"][0]
+    ref = [n for n in reference("power_notify_external_klipper")["notifications"]
+           if n["params"][0]["device"] == "beeper"][0]
     assert shape_diff(ref, note) == []
     assert note["params"][0]["status"] == "on"
     ws.call("printer.gcode.script", {"script": "SET_PIN PIN=BEEPER_pin VALUE=0"})
@@ -384,11 +385,16 @@ def test_locked_while_printing(srv):
     wait_for(lambda: ws.call("printer.objects.query", {"objects": {"print_stats": ["state"]}})
              ["status"]["print_stats"]["state"] == "printing", what="printing")
     try:
+        ref = reference("power_http_post_locked_plug")
         resp = srv.post("/machine/device_power/device?device=beeper&action=on")
-        assert resp.status_code == 400
-        assert resp.json()["error"]["message"] == \
-            "Unable to change power for beeper while printing"
+        assert (resp.status_code, resp.json()["error"]["message"]) == (
+            ref["status"], ref["body"]["error"]["message"].replace("lockedplug", "beeper"))
         assert states(srv)["beeper"] == "off"
+        # a batch naming a locked device changes nothing (as the reference)
+        http_before = states(srv)["http"]
+        resp = srv.post("/machine/device_power/on?http&beeper")
+        assert resp.status_code == reference("power_http_on_locked")["status"] == 400
+        assert states(srv)["http"] == http_before and states(srv)["beeper"] == "off"
         # set_device_power with force=True passes the lock
         srv.post("/printer/gcode/script?script=POWER_BEEPER_FORCED")
         wait_for(lambda: states(srv)["beeper"] == "on", what="forced toggle")
@@ -426,7 +432,7 @@ initial_state: off
 [power timed]
 type: tasmota
 address: 127.0.0.1
-port: {queued}
+port: {timed}
 timer: 1
 """
 
@@ -437,7 +443,15 @@ def test_bad_config(start_server, printer_data, tmp_root):
                          "object_name must be"),
                         ("[power x]\ntype: klipper_device\nobject_name: output_pin p\n"
                          "off_when_shutdown: True\n", "not available for klipper_device"),
-                        ("[power x]\ntype: tasmota\n", "No option 'address'")]:
+                        ("[power x]\ntype: tasmota\n", "No option 'address'"),
+                        ("[power x]\ntype: mqtt\n", "'mqtt' are not supported"),
+                        ("[power x]\ntype: gpio\npin: gpio-26\n", "invalid gpio pin"),
+                        # no gpio chip here (no gpio-sim in this container): the line
+                        # itself is not tested, its absence is reported
+                        ("[power x]\ntype: gpio\npin: !gpiochip9/gpio26\n",
+                         "no gpio chip /dev/gpiochip9"),
+                        ("[power x]\ntype: rf\npin: gpiochip9/gpio2\non_code: 10\n"
+                         "off_code: 01\n", "no gpio chip /dev/gpiochip9")]:
         data = os.path.join(tmp_root, "badpower")
         os.makedirs(os.path.join(data, "gcodes"), exist_ok=True)
         srv = start_server(config=text, data_path=data)
@@ -454,7 +468,8 @@ def test_shutdown_restart_and_job_queue(start_server, devices, printer_data, tmp
     write_long_gcode(os.path.join(data, "gcodes", "q.gcode"), 1)
     devices["queued"].on = True
     srv = start_server(config=SHUTDOWN_CONFIG.format(shutdown=devices["shutdown"].port,
-                                                     queued=devices["queued"].port),
+                                                     queued=devices["queued"].port,
+                                                     timed=devices["timed"].port),
                        data_path=data)
     ws = srv.ws()
     # initial_state: off was applied
@@ -465,8 +480,10 @@ def test_shutdown_restart_and_job_queue(start_server, devices, printer_data, tmp
     wait_for(lambda: devices["queued"].on, what="on_when_job_queued")
     wait_for(lambda: states(srv)["queued"] == "on", what="queued reported on")
     # timer: the device turns itself off again
-    srv.post("/machine/device_power/device?device=timed&action=on")
+    assert srv.result("POST", "/machine/device_power/device?device=timed&action=on") == {
+        "timed": "on"}
     wait_for(lambda: states(srv)["timed"] == "off", timeout=10, what="timer off")
+    assert devices["timed"].on is False
     # off_when_shutdown follows a real Klippy shutdown
     assert srv.result("POST", "/machine/device_power/device?device=shutdown&action=on") == {
         "shutdown": "on"}

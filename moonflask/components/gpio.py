@@ -61,13 +61,14 @@ class OutputLine:
     inverted).  Raises ConfigError when the line cannot be requested."""
 
     def __init__(self, pin: PinSpec, consumer: str, where: str, initial: bool = False) -> None:
+        path = _chip_path(pin, where)
         gpiod = _gpiod(where)
         from gpiod.line import Direction, Value
         self._value = Value
         settings = gpiod.LineSettings(direction=Direction.OUTPUT, active_low=pin.inverted,
                                       output_value=Value.ACTIVE if initial else Value.INACTIVE)
         try:
-            self._req = gpiod.request_lines(_chip_path(pin, where), consumer=consumer,
+            self._req = gpiod.request_lines(path, consumer=consumer,
                                             config={pin.offset: settings})
         except OSError as err:
             raise ConfigError(f"{where}: cannot request gpio line {pin.chip}/{pin.offset}: "
@@ -91,6 +92,7 @@ class InputLine:
     are pending; ``read_events()`` returns ``[(pressed, timestamp_s)]``."""
 
     def __init__(self, pin: PinSpec, consumer: str, where: str, debounce: float) -> None:
+        path = _chip_path(pin, where)
         gpiod = _gpiod(where)
         from gpiod.line import Bias, Direction, Edge, Value
         self._active = Value.ACTIVE
@@ -100,7 +102,7 @@ class InputLine:
                                       bias=bias, active_low=pin.inverted,
                                       debounce_period=datetime.timedelta(seconds=debounce))
         try:
-            self._req = gpiod.request_lines(_chip_path(pin, where), consumer=consumer,
+            self._req = gpiod.request_lines(path, consumer=consumer,
                                             config={pin.offset: settings})
         except OSError as err:
             raise ConfigError(f"{where}: cannot request gpio line {pin.chip}/{pin.offset}: "

@@ -127,20 +127,31 @@ class Power:
         action = action.lower() if isinstance(action, str) else action
         if action not in ACTIONS:
             raise ApiError(f"Invalid requested action '{action}'", 400)
-        if dev.locked_while_printing and not force and self.is_printing():
-            raise ApiError(f"Unable to change power for {name} while printing", 400)
+        if not force:
+            self._check_lock(dev)
         if action == "toggle":
             on = dev.state != ON
         else:
             on = action == ON
         return dev.set_power(on)
 
+    def _check_lock(self, dev: PowerDevice) -> None:
+        if dev.locked_while_printing and self.is_printing():
+            raise ApiError(f"Unable to change power for {dev.name} while printing", 400)
+
     def batch(self, names: list[str], action: str) -> dict[str, str]:
         """``machine.device_power.on|off``: switch every named device at once
         (in parallel); an unknown one is ``device_not_found``, one that
-        fails or is locked keeps and reports its state."""
+        fails keeps and reports its state.
+
+        Raises: ApiError 400 ``No arguments provided``; 400 when one of them
+        is locked while printing (then none is switched).
+        """
         if not names:
             raise ApiError("No arguments provided", 400)
+        for name in names:
+            if name in self.devices:
+                self._check_lock(self.devices[name])
 
         def one(name: str) -> str:
             if name not in self.devices:

@@ -119,9 +119,9 @@ class PowerDevice:
         log.info("power device %s: %s -> %s%s", self.name, old, state,
                  " (external)" if external else "")
         self.power.notify_changed(self)
-        if state in (ON, OFF) and old in (ON, OFF):
-            if not external or not self.restrict_action_processing:
-                self._run_actions(state)
+        if external and state in (ON, OFF) and old in (ON, OFF) \
+                and not self.restrict_action_processing:
+            self._run_actions(state)
 
     def _fail(self, err: Exception) -> None:
         self.last_error = str(err)
@@ -188,10 +188,8 @@ class PowerDevice:
             self.initialized = True
             self.last_error = None
             self._schedule_poll()
-            old = self.state
             self._set_state(ON if now_on else OFF)
-        if old not in (ON, OFF) and self.state in (ON, OFF):
-            self._run_actions(self.state)   # _set_state ran them for on<->off only
+        self._run_actions(self.state)
         return self.state
 
     # -- actions -------------------------------------------------------------
