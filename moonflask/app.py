@@ -59,6 +59,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
     "power": ("moonflask.components.power", "power"),
     "wled": ("moonflask.components.wled", "wled"),
+    "button": ("moonflask.components.button", "button"),
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
