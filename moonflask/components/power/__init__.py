@@ -179,8 +179,9 @@ class Power:
 
     def _respond(self, text: str) -> None:
         try:
-            self.server.klippy.request("gcode/script", {"script": f"RESPOND TYPE=error "
-                                                                  f"MSG=\"{text}\""})
+            msg = text.replace('"', "'")
+            self.server.klippy.request("gcode/script",
+                                       {"script": f'RESPOND TYPE=error MSG="{msg}"'})
         except ApiError:
             pass
 

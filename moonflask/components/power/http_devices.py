@@ -368,7 +368,8 @@ class HttpRequest:
         self.reset()
 
     def reset(self) -> str:
-        """GET, no body, no headers, the command's configured URL."""
+        """Back to GET, no body, no headers, the command's configured URL.
+        The setters return ``""`` so that ``{...}`` expressions print nothing."""
         self.method = "GET"
         self.url = self._default_url
         self.body: Any = None
@@ -376,26 +377,32 @@ class HttpRequest:
         return ""
 
     def set_method(self, method: str) -> str:
+        """Set the HTTP method (``GET``, ``POST``, ``PUT`` ...)."""
         self.method = str(method).upper()
         return ""
 
     def set_url(self, url: str) -> str:
+        """Set the URL (reserved characters already encoded)."""
         self.url = url
         return ""
 
     def set_body(self, body: Any) -> str:
+        """Set the body: text, or a list/dict sent as JSON; None for none."""
         self.body = body
         return ""
 
     def add_header(self, name: str, value: str) -> str:
+        """Add one request header."""
         self.headers[name] = value
         return ""
 
     def set_headers(self, headers: dict[str, str]) -> str:
+        """Replace every request header."""
         self.headers = dict(headers)
         return ""
 
     def last_response(self) -> HttpResponse | None:
+        """The last response received, or None before the first send."""
         return self._last
 
     def send(self, **_kw: Any) -> HttpResponse:
