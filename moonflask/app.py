@@ -60,6 +60,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "power": ("moonflask.components.power", "power"),
     "wled": ("moonflask.components.wled", "wled"),
     "button": ("moonflask.components.button", "button"),
+    "paneldue": ("moonflask.components.paneldue", "paneldue"),
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")
