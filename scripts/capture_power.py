@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,6 +32,24 @@ import fake_devices as fd  # noqa: E402
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))
 from long_gcode import write_long_gcode  # noqa: E402
 import sim_printer  # noqa: E402
+
+
+class SerialRecorder:
+    """The strip end of a pty: records every byte the reference writes."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        self.path = os.ttyname(self.slave)
+        self.data = b""
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                return
+            self.data += chunk
 
 
 def make_devices() -> dict:
@@ -49,7 +68,7 @@ def make_devices() -> dict:
             "http": fd.GenericHttp(), "wled": fd.Wled(**at(6))}
 
 
-def conf_text(port: int, sock: str, d: dict, dead_port: int) -> str:
+def conf_text(port: int, sock: str, d: dict, dead_port: int, serial_path: str) -> str:
     ha_port = d["homeassistant"].port
     return f"""[server]
 host: 127.0.0.1
@@ -133,6 +152,12 @@ status_url: {d['http'].url}/status
 response_template:
   {{% set resp = http_request.last_response().json() %}}
   {{resp["power"]}}
+
+[wled desk]
+type: serial
+serial: {serial_path}
+initial_preset: 8
+chain_count: 3
 
 [wled lights]
 type: http
@@ -249,6 +274,7 @@ def main() -> None:
         os.makedirs(os.path.join(data, d), exist_ok=True)
     write_long_gcode(os.path.join(data, "gcodes", "long.gcode"), 8)
     devices = make_devices()
+    serial = SerialRecorder()
     port = cr.free_port()
     conf = os.path.join(data, "config", "moonraker.conf")
     sim = sim_printer.start(os.path.join(tmp, "klippy"), os.path.join(data, "gcodes"),
@@ -257,7 +283,7 @@ def main() -> None:
     try:
         sim_printer.wait_ready(sim.socket_path, 60, sim)
         with open(conf, "w") as fh:
-            fh.write(conf_text(port, sim.socket_path, devices, cr.free_port()))
+            fh.write(conf_text(port, sim.socket_path, devices, cr.free_port(), serial.path))
         out = open(os.path.join(tmp, "moonraker.out"), "wb")
         proc = subprocess.Popen(
             [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
@@ -269,9 +295,15 @@ def main() -> None:
         cr.wait_moonraker(cap)
         ws = cr.WS(f"ws://127.0.0.1:{port}/websocket")
         steps(cap, ws, devices, sim)
+        cap.http("power_wled_serial_on", "POST", "/machine/wled/strip?strip=desk&action=on")
+        cap.http("power_wled_serial_control", "POST",
+                 "/machine/wled/strip?strip=desk&action=control&brightness=40")
+        cap.http("power_wled_serial_off", "POST", "/machine/wled/off?desk")
+        time.sleep(0.5)
         reqs = {name: (dev.requests if name == "tplink" else
                        [{k: r[k] for k in ("method", "path", "body")} for r in dev.requests])
                 for name, dev in devices.items()}
+        reqs["wled_serial_bytes"] = serial.data.decode("utf-8", "replace")
         with open(os.path.join(args.out, "power_device_requests.json"), "w") as fh:
             json.dump(reqs, fh, indent=2)
             fh.write("\n")

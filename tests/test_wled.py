@@ -105,23 +105,29 @@ def wait_for(pred, timeout=15.0, what="condition"):
 
 def test_startup_and_strips(srv, strips):
     http, serial = strips
-    # both strips are read and turned on with their initial colours / preset
-    wait_for(lambda: http.state["on"] and serial.state["on"], what="strips on")
-    assert http.posts[0] == {"v": True}
-    ref_posts = [json.loads(r["body"]) for r in reference("power_device_requests")["wled"]]
-    assert http.posts[:2] == ref_posts[:2]
-    assert http.posts[1] == {"on": True, "tt": 0, "bri": 255,
-                             "seg": {"bri": 255, "i": [0, 10, [128, 64, 0, 128]]}}
-    assert serial.received[:2] == [{"v": True}, {"on": True, "ps": 8}]
+    # at startup each strip's state is read, nothing is switched (as the reference)
+    ref = reference("power_device_requests")
+    wait_for(lambda: http.posts and serial.received, what="strips read")
+    assert http.posts == [{"v": True}]
+    assert serial.received == [{"v": True}]
+    assert ref["wled_serial_bytes"].startswith('{"v":true}{"on":true,"ps":8}')
+    ref_on = [json.loads(r["body"]) for r in ref["wled"] if '"on":true,"tt"' in r["body"]][0]
     got = srv.get("/machine/wled/strips").json()
-    ref = reference("power_wled_http_on")["body"]
     lights = got["result"]["strips"]["lights"]
-    assert shape_diff(ref["result"]["lights"], lights) == []
-    assert lights == {"strip": "lights", "status": "on", "chain_count": 10, "preset": -1,
-                      "brightness": 255, "intensity": -1, "speed": -1, "error": None}
-    assert got["result"]["strips"]["desk"]["preset"] == 8
-    dead = got["result"]["strips"]["dead"]
-    assert dead["status"] == "off" and "cannot connect" in dead["error"]
+    assert shape_diff(reference("power_wled_http_on")["body"]["result"]["lights"], lights) == []
+    assert lights == {"strip": "lights", "status": "off", "chain_count": 10, "preset": -1,
+                      "brightness": -1, "intensity": -1, "speed": -1, "error": None}
+    wait_for(lambda: "cannot connect" in (srv.result("GET", "/machine/wled/strips")
+                                          ["strips"]["dead"]["error"] or ""),
+             what="dead strip error")
+    # on: the initial colours (http) and the initial preset (serial)
+    res = srv.post("/machine/wled/on?lights&desk").json()
+    assert shape_diff(reference("power_wled_http_on")["body"], res, free=("$.result",)) == []
+    assert http.posts[1] == ref_on == {
+        "on": True, "tt": 0, "bri": 255, "seg": {"bri": 255, "i": [0, 10, [128, 64, 0, 128]]}}
+    wait_for(lambda: serial.received[1:] == [{"on": True, "ps": 8}], what="serial preset")
+    assert res["result"]["lights"] == reference("power_wled_http_on")["body"]["result"]["lights"]
+    assert res["result"]["desk"] == reference("power_wled_serial_on")["body"]["result"]["desk"]
 
 
 def test_batch(srv, strips):

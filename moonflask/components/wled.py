@@ -6,8 +6,8 @@ Every strip speaks WLED's JSON API (``{"on", "bri", "ps", "tt", "seg":
 {"bri", "ix", "sx", "i": [start, stop, [r, g, b, w]]}}``): ``type: http``
 posts it to ``http://ADDRESS[:PORT]/json``; ``type: serial`` writes it to
 the serial line (WLED 0.13+ reads JSON objects there and answers
-``{"v": true}`` with its state).  At startup each strip is turned on with
-its ``initial_preset`` or its initial colours, as the reference does.
+``{"v": true}`` with its state).  At startup each strip's state is read;
+``on`` applies its ``initial_preset`` or its initial colours.
 """
 from __future__ import annotations
 
@@ -97,21 +97,18 @@ class Strip:
         return {"on": True, "tt": 0, "bri": 255, "seg": seg}
 
     def initialize(self) -> None:
-        """Read the strip (``{"v": true}``) and turn it on with the initial
-        preset or colours; a failure is kept in ``error``."""
+        """Read the strip's state (``{"v": true}``), as the reference does at
+        startup (the initial preset or colours apply when it is turned on);
+        a failure is kept in ``error``."""
         with self.lock:
             try:
                 state = self.send({"v": True}, want_reply=True)
-                if isinstance(state, dict) and "on" in state:
-                    self.on = bool(state["on"])
             except StripError as err:
                 self.error = str(err)
                 log.warning("WLED %s: %s", self.name, err)
                 return
-        try:
-            self.turn_on(self.initial_preset)
-        except ApiError:
-            pass
+            if isinstance(state, dict) and "on" in state:
+                self.on = bool(state["on"])
 
     def turn_on(self, preset: int = -1, brightness: int = -1, intensity: int = -1,
                 speed: int = -1) -> dict[str, Any]:
