@@ -85,6 +85,8 @@ machine_name: TestPrinter
 macros:
   M118 from_panel
   PANELDUE_BEEP FREQUENCY=500 DURATION=0.5
+confirmed_macros:
+  M118 confirmed_run
 """)
     server.post("/printer/restart")
     time.sleep(0.5)
@@ -116,7 +118,7 @@ def test_bad_checksum_is_dropped(srv, panel):
     reply = panel.ask('M20 S2 P"0:/macros"')
     assert reply == {"dir": "0:/macros", "first": 0, "next": 0,
                      "files": ["M118 from_panel", "PANELDUE_BEEP FREQUENCY=500 DURATION=0.5",
-                               "RESTART", "FIRMWARE_RESTART"]}
+                               "M118 confirmed_run"]}
 
 
 def test_gcode_and_macro(srv, panel):
@@ -134,6 +136,20 @@ def test_gcode_and_macro(srv, panel):
     panel.send('M98 P"0:/macros/M118 from_panel"')
     st = wait_status(panel, lambda s: "from_panel" in s.get("resp", ""))
     assert "from_panel" in st["resp"]
+
+
+def test_confirmed_macro(srv, panel):
+    panel.send('M98 P"0:/macros/M118 confirmed_run"')
+    st = panel.ask("M408 S0")
+    assert st["msgBox.mode"] == 3 and "M118 confirmed_run" in st["msgBox.msg"]
+    panel.send("M292 P1")                     # cancelled: nothing runs
+    st = panel.ask("M408 S0")
+    assert "msgBox.mode" not in st and "confirmed_run" not in st.get("resp", "")
+    panel.send('M98 P"0:/macros/M118 confirmed_run"')
+    seq = panel.ask("M408 S0")["msgBox.seq"]
+    assert seq == 2
+    panel.send("M292 P0")                     # accepted
+    wait_status(panel, lambda s: "confirmed_run" in s.get("resp", ""))
 
 
 def test_files(srv, panel, printer_data):

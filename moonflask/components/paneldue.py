@@ -16,7 +16,9 @@ back.  moonflask answers:
   (folders prefixed ``*``); ``P"0:/macros"`` lists ``macros`` and
   ``confirmed_macros``;
 - ``M36 "FILE"``: the file's metadata (``err`` 0/1, ``size``, ``height`` ...);
-- ``M32 "FILE"``: starts the print; ``M98 P"0:/macros/NAME"`` runs a macro;
+- ``M32 "FILE"``: starts the print; ``M98 P"0:/macros/NAME"`` runs a macro
+  (a confirmed macro is first shown as a message box, ``msgBox.*`` in the
+  next M408 reply, and runs when ``M292 P0`` accepts it, not on ``M292 P1``);
   ``M24``/``M25``/``M0``/``M1``: resume/pause/cancel; ``M290 Z``:
   babystepping; ``M999``: FIRMWARE_RESTART; ``G10 P0 S T``: tool
   temperature; everything else is sent to Klippy as G-code.
@@ -90,6 +92,8 @@ class PanelDue:
         self.confirmed_macros = section.getlist("confirmed_macros",
                                                 ["RESTART", "FIRMWARE_RESTART"])
         self.responses: list[str] = []
+        self.pending_confirm: str | None = None
+        self.msg_seq = 0
         self.ser: Any = None
         self._write_lock = gevent.lock.Semaphore()
         self._gcode_lock = gevent.lock.Semaphore()
@@ -196,8 +200,20 @@ class PanelDue:
 
     def _cmd_M98(self, params: dict[str, str], _q: str) -> None:  # noqa: N802
         macro = params.get("P", "")
-        if macro.startswith("0:/macros/"):
-            self._gcode(macro[len("0:/macros/"):])
+        if not macro.startswith("0:/macros/"):
+            return
+        macro = macro[len("0:/macros/"):]
+        if macro in self.confirmed_macros:
+            # shown as a message box in the next M408 reply; M292 answers it
+            self.msg_seq += 1
+            self.pending_confirm = macro
+            return
+        self._gcode(macro)
+
+    def _cmd_M292(self, params: dict[str, str], _q: str) -> None:  # noqa: N802
+        macro, self.pending_confirm = self.pending_confirm, None
+        if macro is not None and params.get("P", "0") == "0":
+            self._gcode(macro)
 
     def _cmd_M290(self, params: dict[str, str], _q: str) -> None:  # noqa: N802
         if "Z" in params:
@@ -255,6 +271,11 @@ class PanelDue:
         if extended:
             out.update({"myName": self.machine_name, "firmwareName": "Klipper",
                         "geometry": "cartesian", "axes": 3, "volumes": 1, "numTools": 1})
+        if self.pending_confirm is not None:
+            out.update({"msgBox.mode": 3, "msgBox.title": "Confirmation",
+                        "msgBox.msg": f"Run {self.pending_confirm}?",
+                        "msgBox.seq": self.msg_seq, "msgBox.timeout": 0,
+                        "msgBox.controls": 0})
         if self.responses:
             out["resp"] = "\n".join(self.responses)
             self.responses = []
