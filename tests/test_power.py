@@ -55,7 +55,8 @@ def devices():
             "homeseer": fd.Homeseer(), "loxone": fd.Loxone(),
             "smartthings": fd.SmartThings("sttok", "dev-1"), "tplink": fd.TPLink(),
             "strip": fd.TPLink(children=2), "http": fd.GenericHttp(),
-            "queued": fd.Tasmota(), "shutdown": fd.Tasmota(), "timed": fd.Tasmota()}
+            "queued": fd.Tasmota(), "shutdown": fd.Tasmota(), "timed": fd.Tasmota(),
+            "actions": fd.Tasmota(), "restricted": fd.Tasmota()}
     yield devs
     for dev in devs.values():
         dev.stop()
@@ -185,6 +186,10 @@ MACROS = """
 [gcode_macro POWER_ON_TASMOTA]
 gcode:
   {action_call_remote_method("set_device_power", device="tasmota", state="on")}
+
+[gcode_macro POWER_ON_NOTHING]
+gcode:
+  {action_call_remote_method("set_device_power", device="nothing", state="on")}
 
 [gcode_macro POWER_BEEPER_FORCED]
 gcode:
@@ -377,6 +382,12 @@ def test_set_device_power_remote_method(srv, devices):
     srv.post("/printer/gcode/script?script=POWER_ON_TASMOTA")
     wait_for(lambda: devices["tasmota"].on, what="remote method switched tasmota on")
     wait_for(lambda: states(srv)["tasmota"] == "on", what="tasmota reported on")
+    # a failing call is reported on Klipper's console
+    ws = srv.ws()
+    srv.post("/printer/gcode/script?script=POWER_ON_NOTHING")
+    note = ws.wait_notification("notify_gcode_response", timeout=10,
+                                predicate=lambda m: "set_device_power" in m["params"][0])
+    assert "No valid device named nothing" in note["params"][0]
 
 
 def test_locked_while_printing(srv):
@@ -434,6 +445,21 @@ type: tasmota
 address: 127.0.0.1
 port: {timed}
 timer: 1
+
+[power actions]
+type: tasmota
+address: 127.0.0.1
+port: {actions}
+poll_interval: 1
+timer: 1
+restrict_action_processing: False
+
+[power restricted]
+type: tasmota
+address: 127.0.0.1
+port: {restricted}
+poll_interval: 1
+timer: 1
 """
 
 
@@ -469,7 +495,9 @@ def test_shutdown_restart_and_job_queue(start_server, devices, printer_data, tmp
     devices["queued"].on = True
     srv = start_server(config=SHUTDOWN_CONFIG.format(shutdown=devices["shutdown"].port,
                                                      queued=devices["queued"].port,
-                                                     timed=devices["timed"].port),
+                                                     timed=devices["timed"].port,
+                                                     actions=devices["actions"].port,
+                                                     restricted=devices["restricted"].port),
                        data_path=data)
     ws = srv.ws()
     # initial_state: off was applied
@@ -484,6 +512,15 @@ def test_shutdown_restart_and_job_queue(start_server, devices, printer_data, tmp
         "timed": "on"}
     wait_for(lambda: states(srv)["timed"] == "off", timeout=10, what="timer off")
     assert devices["timed"].on is False
+    # switched on by hand: with restrict_action_processing False the timer runs
+    wait_for(lambda: states(srv)["actions"] == "off" and states(srv)["restricted"] == "off",
+             what="polled devices known")
+    devices["actions"].on = devices["restricted"].on = True
+    wait_for(lambda: states(srv)["actions"] == "on" and states(srv)["restricted"] == "on",
+             what="external change seen")
+    wait_for(lambda: devices["actions"].on is False, timeout=10, what="timer on external on")
+    time.sleep(1.5)   # the restricted device's timer would have fired by now
+    assert devices["restricted"].on is True and states(srv)["restricted"] == "on"
     # off_when_shutdown follows a real Klippy shutdown
     assert srv.result("POST", "/machine/device_power/device?device=shutdown&action=on") == {
         "shutdown": "on"}
