@@ -358,15 +358,15 @@ def test_external_changes(srv, devices):
     """A plug switched by hand (polled) and a pin set from Klipper's side."""
     ws = srv.ws()
     devices["tasmota"].on = True
-    note = ws.wait_notification("notify_power_changed", timeout=10,
+    note = ws.wait_notification("notify_power_changed", timeout=20,
                                 predicate=lambda m: m["params"][0]["device"] == "tasmota")
     assert note["params"][0]["status"] == "on"
     devices["tplink"].on = True
-    ws.wait_notification("notify_power_changed", timeout=10,
+    ws.wait_notification("notify_power_changed", timeout=20,
                          predicate=lambda m: m["params"][0]["device"] == "tplink")
     assert srv.result("GET", "/machine/device_power/device?device=tplink") == {"tplink": "on"}
     srv.post("/printer/gcode/script?script=SET_PIN PIN=BEEPER_pin VALUE=1")
-    note = ws.wait_notification("notify_power_changed", timeout=10,
+    note = ws.wait_notification("notify_power_changed", timeout=20,
                                 predicate=lambda m: m["params"][0]["device"] == "beeper")
     ref = [n for n in reference("power_notify_external_klipper")["notifications"]
            if n["params"][0]["device"] == "beeper"][0]
@@ -526,7 +526,7 @@ def test_shutdown_restart_and_job_queue(start_server, devices, printer_data, tmp
         "shutdown": "on"}
     srv.post("/printer/emergency_stop")
     srv.wait_klippy_state("shutdown")
-    ws.wait_notification("notify_power_changed", timeout=10,
+    ws.wait_notification("notify_power_changed", timeout=20,
                          predicate=lambda m: m["params"][0] == {
                              "device": "shutdown", "status": "off",
                              "locked_while_printing": False, "type": "tasmota"})
