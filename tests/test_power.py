@@ -9,8 +9,10 @@ reference Moonraker 0.11.0 (scripts/capture_power.py).
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import sys
+import threading
 import time
 
 import pytest
@@ -63,6 +65,16 @@ def devices():
 
 
 @pytest.fixture(scope="module")
+def silent_port():
+    """A port that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.fixture(scope="module")
 def uhubctl(printer_data):
     bindir = os.path.join(printer_data, "bin")
     os.makedirs(bindir, exist_ok=True)
@@ -83,7 +95,7 @@ def hp(dev) -> str:
     return f"address: 127.0.0.1\nport: {dev.port}"
 
 
-def config(d: dict, dead_port: int) -> str:
+def config(d: dict, dead_port: int, silent_port: int) -> str:
     return f"""[power beeper]
 type: klipper_device
 object_name: output_pin BEEPER_pin
@@ -175,6 +187,11 @@ port: 2
 type: tasmota
 address: 127.0.0.1
 port: {dead_port}
+
+[power silent]
+type: tplink_smartplug
+address: 127.0.0.1
+port: {silent_port}
 """
 
 
@@ -199,12 +216,12 @@ gcode:
 
 
 @pytest.fixture(scope="module")
-def srv(start_server, devices, uhubctl, printer, printer_data):
+def srv(start_server, devices, uhubctl, silent_port, printer, printer_data):
     write_long_gcode(os.path.join(printer_data, "gcodes", "long.gcode"), 6)
     # macros calling set_device_power, as configuration.md shows them
     with open(os.path.join(printer.workdir, "printer.cfg"), "a") as fh:
         fh.write(MACROS)
-    server = start_server(config=config(devices, free_port()))
+    server = start_server(config=config(devices, free_port(), silent_port))
     server.post("/printer/restart")
     time.sleep(0.5)
     server.wait_klippy_state("ready", timeout=30)
@@ -240,7 +257,8 @@ def test_device_list(srv):
     assert ours["loxone"]["type"] == "loxonev1" and ours["usb"]["type"] == "uhubctl"
     assert ws_devices(srv) == got["result"]
     # every reachable device reaches a known state; the dead one is in error
-    wait_for(lambda: all(s in ("on", "off") for n, s in states(srv).items() if n != "dead"),
+    wait_for(lambda: all(s in ("on", "off") for n, s in states(srv).items()
+                         if n not in ("dead", "silent")),
              what=f"devices initialised: {states(srv)}")
     wait_for(lambda: states(srv)["dead"] == "error", what="dead device in error")
 
@@ -336,6 +354,36 @@ def test_unreachable_device(srv):
     # the others still answer while it is retried
     assert srv.result("GET", "/machine/device_power/status?tasmota&dead&nope") == {
         "tasmota": states(srv)["tasmota"], "dead": "error", "nope": "device_not_found"}
+
+
+def test_unresponsive_device(srv):
+    """A device that accepts the connection and never answers: the request
+    times out with a clear error while the server keeps answering."""
+    result = {}
+
+    def switch():
+        result["resp"] = srv.post("/machine/device_power/device?device=silent&action=on",
+                                  timeout=30)
+    t0 = time.monotonic()
+    thread = threading.Thread(target=switch)
+    thread.start()
+    time.sleep(0.3)
+    assert srv.get("/server/info", timeout=2).status_code == 200   # nothing blocks
+    assert srv.result("GET", "/machine/device_power/device?device=tasmota")
+    thread.join(30)
+    elapsed = time.monotonic() - t0
+    resp = result["resp"]
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == (
+        f"Error Setting Device Status: silent to on: request to 127.0.0.1:"
+        f"{srv_silent_port(srv)} timed out after 5 s")
+    assert 4.5 < elapsed < 12
+    assert states(srv)["silent"] == "error"
+
+
+def srv_silent_port(srv) -> int:
+    cfg = srv.result("GET", "/server/config")["config"]["power silent"]
+    return cfg["port"]
 
 
 def test_batch(srv, devices):
