@@ -8,6 +8,8 @@ reference Moonraker 0.11.0 (scripts/capture_power.py).
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import stat
@@ -167,6 +169,8 @@ type: http
 on_url: {d['http'].url}/set
 off_url: {d['http'].url}/set
 status_url: {d['http'].url}/status
+user: admin
+password: pw
 request_template:
   {{% if command in ["on", "off"] %}}
     {{% do http_request.set_method("POST") %}}
@@ -319,6 +323,12 @@ def test_wire_protocols(srv, devices):
     assert {"context": {"child_ids": [devices["strip"].device_id + "01"]},
             "system": {"set_relay_state": {"state": 1}}} in devices["strip"].requests
     assert "PUT /api/hueuser/groups/7/action" in devices["huegroup"].paths()
+    # the generic http device: templated POST with a header, basic credentials
+    creds = "Basic " + base64.b64encode(b"admin:pw").decode()
+    sets = [r for r in devices["http"].requests if r["path"] == "/set"]
+    assert sets and all(r["headers"]["Authorization"] == creds and
+                        r["headers"]["X-Key"] == "sesame" for r in sets)
+    assert {json.loads(r["body"])["power"] for r in sets} == {"ON", "OFF"}
 
 
 def test_errors(srv):

@@ -62,11 +62,15 @@ class PowerDevice:
         self.lock = gevent.lock.Semaphore()
         self.locked_while_printing = section.getboolean("locked_while_printing", False)
         self.off_when_shutdown = section.getboolean("off_when_shutdown", False)
-        self.off_when_shutdown_delay = section.getfloat("off_when_shutdown_delay", 0.0,
-                                                        minval=0.0)
+        self.off_when_shutdown_delay = 0.0
+        if self.off_when_shutdown:
+            self.off_when_shutdown_delay = section.getfloat("off_when_shutdown_delay", 0.0,
+                                                            minval=0.0)
         self.restart_klipper_when_powered = section.getboolean(
             "restart_klipper_when_powered", False)
-        self.restart_delay = section.getfloat("restart_delay", 1.0, minval=0.0)
+        self.restart_delay = 1.0
+        if self.restart_klipper_when_powered:
+            self.restart_delay = section.getfloat("restart_delay", 1.0, minval=0.0)
         self.bound_services = section.getlist("bound_services", [])
         self.on_when_job_queued = section.getboolean("on_when_job_queued", False)
         initial = section.get("initial_state", None)

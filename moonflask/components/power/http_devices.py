@@ -360,10 +360,12 @@ class HttpResponse:
 
 class HttpRequest:
     """The request object of the generic http device's templates
-    (configuration.md "The HTTP Request object")."""
+    (configuration.md "The HTTP Request object").  ``auth``: HTTP basic
+    credentials ``(user, password)`` sent with every request, or None."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auth: tuple[str, str] | None = None) -> None:
         self._default_url = url
+        self._auth = auth
         self._last: HttpResponse | None = None
         self.reset()
 
@@ -408,6 +410,8 @@ class HttpRequest:
     def send(self, **_kw: Any) -> HttpResponse:
         """Send the request; a list/dict body goes as JSON."""
         kw: dict[str, Any] = {"headers": dict(self.headers)}
+        if self._auth is not None:
+            kw["auth"] = self._auth
         if isinstance(self.body, (dict, list)):
             kw["json"] = self.body
         elif self.body is not None:
@@ -419,12 +423,16 @@ class HttpRequest:
 class GenericHttp(PowerDevice):
     """``on_url``, ``off_url``, ``status_url`` (templates with ``secrets``),
     optional ``request_template``, required ``response_template`` rendering
-    ``on`` or ``off``."""
+    ``on`` or ``off``; ``user``/``password``: HTTP basic credentials sent
+    when ``user`` is set."""
 
     type = "http"
 
     def __init__(self, power: Any, section: Any) -> None:
         super().__init__(power, section)
+        user = section.get("user", "")
+        password = section.get("password", "")
+        self.auth = (user, password) if user else None
         self.url_templates = {cmd: get_template(section, f"{cmd}_url")
                               for cmd in ("on", "off", "status")}
         self.request_template: Template | None = get_template(section, "request_template", None)
@@ -433,7 +441,7 @@ class GenericHttp(PowerDevice):
     def _run(self, command: str) -> bool:
         try:
             urls = {cmd: t.render() for cmd, t in self.url_templates.items()}
-            req = HttpRequest(urls[command])
+            req = HttpRequest(urls[command], self.auth)
             ctx = {"command": command, "async_sleep": gevent.sleep, "log_debug": log.debug,
                    "http_request": req, "urls": urls}
             if self.request_template is not None:
