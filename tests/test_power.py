@@ -528,7 +528,8 @@ def test_bad_config(start_server, printer_data, tmp_root):
                         ("[power x]\ntype: klipper_device\nobject_name: output_pin p\n"
                          "off_when_shutdown: True\n", "not available for klipper_device"),
                         ("[power x]\ntype: tasmota\n", "No option 'address'"),
-                        ("[power x]\ntype: mqtt\n", "'mqtt' are not supported"),
+                        ("[power x]\ntype: mqtt\ncommand_topic: a\n",
+                         "needs the [mqtt] section"),
                         ("[power x]\ntype: gpio\npin: gpio-26\n", "invalid gpio pin"),
                         # no gpio chip here (no gpio-sim in this container): the line
                         # itself is not tested, its absence is reported

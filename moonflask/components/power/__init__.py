@@ -7,7 +7,8 @@ The component holds the device registry (in configuration order) and what
 spans devices: the lock while printing, ``off_when_shutdown``,
 ``on_when_job_queued``, ``restart_klipper_when_powered`` and the
 ``notify_power_changed`` notification.  Each device family lives in its own
-module (``klipper``, ``http_devices``, ``tplink``, ``uhubctl``, ``gpio``);
+module (``klipper``, ``http_devices``, ``tplink``, ``uhubctl``, ``mqtt``,
+``gpio``);
 the poll worker (``moonflask/workers/power.py``) initialises devices that
 could not be reached at startup, polls those with ``poll_interval`` and
 retries those in ``error``.
@@ -30,10 +31,10 @@ NOT_FOUND = "device_not_found"
 
 
 def _device_types() -> dict[str, type]:
-    from . import gpio, http_devices, klipper, tplink, uhubctl
+    from . import gpio, http_devices, klipper, mqtt, tplink, uhubctl
     types: dict[str, type] = {"klipper_device": klipper.KlipperDevice,
                               "tplink_smartplug": tplink.TPLinkSmartPlug,
-                              "uhubctl": uhubctl.Uhubctl,
+                              "uhubctl": uhubctl.Uhubctl, "mqtt": mqtt.MqttDevice,
                               "gpio": gpio.GpioDevice, "rf": gpio.RFDevice}
     types.update(http_devices.TYPES)
     return types
@@ -58,9 +59,6 @@ class Power:
             kind = section.get("type")
             cls = types.get(kind)
             if cls is None:
-                if kind == "mqtt":
-                    raise ConfigError(f"[{name}]: power devices of type 'mqtt' are not "
-                                      "supported by moonflask yet")
                 raise ConfigError(f"[{name}]: unsupported power device type '{kind}'")
             dev = cls(self, section)
             self.devices[dev.name] = dev
