@@ -13,7 +13,8 @@ import pytest
 
 
 @pytest.mark.parametrize("text,words", [
-    ("[button b]\npin: gpiochip9/gpio3\non_press:\n  {% do call_method('printer.emergency_stop') %}\n",
+    ("[button b]\npin: gpiochip9/gpio3\non_press:\n"
+     "  {% do call_method('printer.emergency_stop') %}\n",
      "no gpio chip /dev/gpiochip9"),
     ("[button b]\npin: ^!gpio3\n", "at least one of 'on_press' or 'on_release'"),
     ("[button b]\npin: gpio3x\non_press: x\n", "invalid gpio pin"),

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dat
 from long_gcode import write_long_gcode  # noqa: E402
 
 UHUBCTL = r"""#!/bin/sh
-# uhubctl stand-in: hub 1-1 with 4 ports; port state kept in $STATE_DIR
+# uhubctl stand-in: hub 1-1, port 2's state kept in $UHUBCTL_STATE
 state="$UHUBCTL_STATE"
 [ -f "$state" ] || echo off > "$state"
 action=""
@@ -35,10 +35,10 @@ while [ $# -gt 0 ]; do
   case "$1" in -a) action="$2"; shift;; esac
   shift
 done
-hub="Current status for hub 1-1 [0424:2514, USB 2.00, 4 ports, ppps]"
 show() {
   echo "$1 for hub 1-1 [0424:2514, USB 2.00, 4 ports, ppps]"
-  if [ "$(cat "$state")" = on ]; then echo "  Port 2: 0100 power"; else echo "  Port 2: 0000 off"; fi
+  if [ "$(cat "$state")" = on ]; then echo "  Port 2: 0100 power"
+  else echo "  Port 2: 0000 off"; fi
 }
 show "Current status"
 if [ -n "$action" ]; then
@@ -46,7 +46,7 @@ if [ -n "$action" ]; then
   echo "Sent power $action request"
   show "New status"
 fi
-echo "Current status for hub 1 [1d6b:0002 Linux 6.6 dwc_otg_hcd DWC OTG Controller, USB 2.00, 1 ports, ppps]"
+echo "Current status for hub 1 [1d6b:0002 Linux 6.6 dwc_otg_hcd DWC OTG, USB 2.00, 1 ports, ppps]"
 echo "  Port 1: 0503 power highspeed enable connect [0424:2514, USB 2.00, 4 ports, ppps]"
 """
 
