@@ -16,7 +16,8 @@ import gevent
 
 log = logging.getLogger(__name__)
 
-TICK = 0.25   # seconds between checks for due devices
+TICK = 0.25      # seconds, the shortest wait between two checks
+MAX_WAIT = 1.0   # seconds, the longest (a device that just failed is due in 5 s)
 
 
 def _refresh(dev: Any) -> None:
@@ -28,7 +29,8 @@ def _refresh(dev: Any) -> None:
 
 def run(power: Any) -> None:
     """Never returns: refresh every due device of ``power`` (the
-    :class:`moonflask.components.power.Power` component), then wait a tick."""
+    :class:`moonflask.components.power.Power` component), then wait until
+    the next one is due (between TICK and MAX_WAIT)."""
     busy: dict[str, gevent.Greenlet] = {}
     while True:
         now = time.monotonic()
@@ -41,4 +43,6 @@ def run(power: Any) -> None:
         for name, glet in list(busy.items()):
             if glet.dead:
                 del busy[name]
-        gevent.sleep(TICK)
+        upcoming = [d.next_poll for d in power.devices.values() if d.name not in busy]
+        wait = min(upcoming, default=now + MAX_WAIT) - time.monotonic()
+        gevent.sleep(min(max(wait, TICK), MAX_WAIT))
