@@ -103,6 +103,10 @@ type: klipper_device
 object_name: output_pin BEEPER_pin
 locked_while_printing: True
 
+[power flare]
+type: klipper_device
+object_name: gcode_macro SET_FLARE
+
 [power tasmota]
 type: tasmota
 {hp(d['tasmota'])}
@@ -208,6 +212,14 @@ MACROS = """
 gcode:
   {action_call_remote_method("set_device_power", device="tasmota", state="on")}
 
+[gcode_macro SET_FLARE]
+variable_value: 0
+gcode:
+  {% if 'VALUE' not in params %}
+    {action_raise_error("Parameter 'VALUE' missing from 'SET_FLARE'")}
+  {% endif %}
+  SET_GCODE_VARIABLE MACRO=SET_FLARE VARIABLE=value VALUE={params.VALUE|int}
+
 [gcode_macro POWER_ON_NOTHING]
 gcode:
   {action_call_remote_method("set_device_power", device="nothing", state="on")}
@@ -254,7 +266,7 @@ def test_device_list(srv):
     refs = {d["device"]: d for d in ref["result"]["devices"]}
     assert shape_diff(refs["beeper"], ours["beeper"]) == []
     assert shape_diff(refs["tasmota"], ours["tasmota"]) == []
-    assert list(ours)[:2] == ["beeper", "tasmota"]
+    assert list(ours)[:3] == ["beeper", "flare", "tasmota"]
     assert ours["beeper"] == {"device": "beeper", "status": "off",
                               "locked_while_printing": True, "type": "klipper_device",
                               "is_shutdown": False}
@@ -302,6 +314,19 @@ def test_network_device_on_off(srv, devices, uhubctl, name):
                    {"device": name, "action": "toggle"}) == {name: "on"}
     assert srv.result("POST", f"/machine/device_power/device?device={name}&action=toggle") \
         == {name: "off"}
+
+
+def test_gcode_macro_device(srv):
+    """A gcode_macro klipper_device (configuration.md "Gcode Macro Restrictions")."""
+    assert "power" in srv.result("GET", "/server/info")["components"]
+    wait_for(lambda: states(srv)["flare"] == "off", what="flare known")
+    assert srv.result("POST", "/machine/device_power/device?device=flare&action=on") == {
+        "flare": "on"}
+    got = srv.result("GET", "/printer/objects/query?gcode_macro%20SET_FLARE=value")
+    assert got["status"]["gcode_macro SET_FLARE"]["value"] == 1
+    # the macro changed from Klipper's side is reported
+    srv.post("/printer/gcode/script?script=SET_FLARE VALUE=0")
+    wait_for(lambda: states(srv)["flare"] == "off", what="flare off from Klipper")
 
 
 def test_wire_protocols(srv, devices):

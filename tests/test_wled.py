@@ -112,6 +112,7 @@ def test_startup_and_strips(srv, strips):
     assert serial.received == [{"v": True}]
     assert ref["wled_serial_bytes"].startswith('{"v":true}{"on":true,"ps":8}')
     ref_on = [json.loads(r["body"]) for r in ref["wled"] if '"on":true,"tt"' in r["body"]][0]
+    assert "wled" in srv.result("GET", "/server/info")["components"]
     got = srv.get("/machine/wled/strips").json()
     lights = got["result"]["strips"]["lights"]
     assert shape_diff(reference("power_wled_http_on")["body"]["result"]["lights"], lights) == []
