@@ -32,9 +32,11 @@ class GpioDevice(PowerDevice):
                                initial=self.initial_state == "on")
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self.line.value
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         try:
             self.line.set(on)
         except OSError as err:
@@ -47,6 +49,7 @@ class GpioDevice(PowerDevice):
         return not self.initialized
 
     def close(self) -> None:
+        """Release the device (server shutdown)."""
         super().close()
         self.line.close()
 
@@ -68,9 +71,11 @@ class RFDevice(GpioDevice):
         self.state_on = self.initial_state == "on"
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self.state_on
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         try:
             for bit in self.codes[on]:
                 high, low = (3, 1) if bit == "1" else (1, 3)

@@ -116,9 +116,11 @@ class Tasmota(HttpDevice):
         return value.upper() == "ON"
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self._send(None)
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         return self._send("on" if on else "off")
 
 
@@ -150,6 +152,7 @@ class Shelly(HttpDevice):
         return bool(data["ison"])
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         if not self.gen2:
             state = self._gen1(None)
             if state is not None:
@@ -161,6 +164,7 @@ class Shelly(HttpDevice):
         return bool(data["output"])
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         if not self.gen2:
             state = self._gen1({"turn": "on" if on else "off"})
             if state is not None:
@@ -190,6 +194,7 @@ class Homeseer(HttpDevice):
         return self.get_json("/JSON", query)
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         data = self._send("getstatus")
         try:
             return str(data["Devices"][0]["status"]).lower() == "on"
@@ -197,6 +202,7 @@ class Homeseer(HttpDevice):
             raise DeviceError(f"unexpected HomeSeer reply: {json.dumps(data)[:200]}") from None
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         self._send("controldevicebylabel", "On" if on else "Off")
         return self.query()
 
@@ -221,12 +227,14 @@ class HomeAssistant(HttpDevice):
         return {"Authorization": f"Bearer {self.token}"}
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         data = self.get_json(f"/api/states/{self.device}", headers=self._headers())
         if not isinstance(data, dict) or "state" not in data:
             raise DeviceError(f"unexpected Home Assistant reply: {json.dumps(data)[:200]}")
         return data["state"] == "on"
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         service = "turn_on" if on else "turn_off"
         _json(http_call("POST", self.url(f"/api/services/{self.domain}/{service}"),
                         json={"entity_id": self.device}, headers=self._headers()))
@@ -255,9 +263,11 @@ class Loxone(HttpDevice):
             raise DeviceError(f"unexpected Loxone reply: {json.dumps(data)[:200]}") from None
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self._send("")
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         return self._send("/on" if on else "/off")
 
 
@@ -277,6 +287,7 @@ class SmartThings(HttpDevice):
         return {"Authorization": f"Bearer {self.token}"}
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         data = self.get_json(f"/v1/devices/{self.device}/components/main/capabilities/"
                              "switch/status", headers=self._headers())
         try:
@@ -285,6 +296,7 @@ class SmartThings(HttpDevice):
             raise DeviceError(f"unexpected SmartThings reply: {json.dumps(data)[:200]}") from None
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         body = [{"component": "main", "capability": "switch", "command": "on" if on else "off"}]
         _json(http_call("POST", self.url(f"/v1/devices/{self.device}/commands"),
                         json=body, headers=self._headers()))
@@ -310,6 +322,7 @@ class Hue(HttpDevice):
         return f"/api/{self.user}/{kind}/{self.device_id}"
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         data = self.get_json(self._base())
         try:
             if self.device_type == "group":
@@ -319,6 +332,7 @@ class Hue(HttpDevice):
             raise DeviceError(f"unexpected Hue reply: {json.dumps(data)[:200]}") from None
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         leaf = "action" if self.device_type == "group" else "state"
         data = _json(http_call("PUT", self.url(f"{self._base()}/{leaf}"), json={"on": on}))
         if isinstance(data, list) and data and isinstance(data[0], dict) and "error" in data[0]:
@@ -461,9 +475,11 @@ class GenericHttp(PowerDevice):
         return result == "on"
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self._run("status")
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         return self._run("on" if on else "off")
 
 

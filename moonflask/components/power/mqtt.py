@@ -121,9 +121,11 @@ class MqttDevice(PowerDevice):
         return [(self.query_topic, payload, False)]
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self._request("refresh", self._query_publish())
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         try:
             payload = self.command_payload.render({"command": ON if on else OFF})
         except TemplateError as err:

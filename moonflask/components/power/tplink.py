@@ -104,6 +104,7 @@ class TPLinkSmartPlug(PowerDevice):
         return f"{self._device_id}{self.output_id:02d}"
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         info = self._sysinfo()
         if self.output_id is None:
             return bool(info.get("relay_state"))
@@ -114,6 +115,7 @@ class TPLinkSmartPlug(PowerDevice):
         raise DeviceError(f"the device has no outlet {self.output_id}")
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         cmd: dict[str, Any] = {"system": {"set_relay_state": {"state": int(on)}}}
         if self.output_id is not None:
             cmd = {"context": {"child_ids": [self._child_id()]}, **cmd}

@@ -77,7 +77,9 @@ class Uhubctl(PowerDevice):
         return parse_status(out, self.location, self.port)
 
     def query(self) -> bool:
+        """Read the state (True: on); raises DeviceError."""
         return self._run(None)
 
     def command(self, on: bool) -> bool:
+        """Switch on/off; returns the reported state; raises DeviceError."""
         return self._run("on" if on else "off")
