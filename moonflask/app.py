@@ -56,6 +56,10 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "octoprint_compat": ("moonflask.components.octoprint_compat", "octoprint_compat"),
     "mqtt": ("moonflask.components.mqtt", "mqtt"),
     "sensor": ("moonflask.components.sensor", "sensor "),
+    "power": ("moonflask.components.power", "power "),
+    "wled": ("moonflask.components.wled", "wled "),
+    "button": ("moonflask.components.button", "button "),
+    "paneldue": ("moonflask.components.paneldue", "paneldue"),
 }
 
 # API groups (moonflask/blueprints/<group>.py) -> the component they serve:
@@ -78,6 +82,8 @@ BLUEPRINTS: dict[str, str | None] = {
     "octoprint": "octoprint_compat",
     "mqtt": "mqtt",
     "sensors": "sensor",
+    "power": "power",
+    "wled": "wled",
     "debug": DEBUG_ONLY,
 }
 
