@@ -259,6 +259,19 @@ class History:
         if self.current is not None:
             self._store(self.current)
 
+    def set_auxiliary_field(self, field: dict[str, Any]) -> None:
+        """Set one entry of the running job's ``auxiliary_data`` (replacing the
+        entry with the same ``provider`` and ``name``) and save the job; no
+        job running: nothing.  ``field``: ``{"provider", "name", "value",
+        "description", "units"}`` (spoolman's ``spool_ids``)."""
+        job = self.current
+        if job is None:
+            return
+        aux = [f for f in job["auxiliary_data"]
+               if (f.get("provider"), f.get("name")) != (field["provider"], field["name"])]
+        job["auxiliary_data"] = aux + [dict(field)]
+        self._store(job)
+
     # -- helpers ----------------------------------------------------------
     def _store(self, job: dict[str, Any]) -> None:
         self.jobs.insert(job["job_id"], dict(job))
