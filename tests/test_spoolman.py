@@ -12,11 +12,12 @@ import time
 import pytest
 import requests
 
-from helpers import RpcError, free_port
+from helpers import REPO, RpcError, free_port
 from shapes import reference, shape_diff
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts"))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+from long_gcode import LINES_PER_SECOND, write_long_gcode  # noqa: E402
 from spoolman_service import SpoolmanService, start_script  # noqa: E402
 
 if not os.path.exists(start_script()):
@@ -39,7 +40,8 @@ def config(spoolman, sync_rate: int = 1) -> str:
 
 @pytest.fixture(scope="module")
 def srv(start_server, spoolman):
-    return start_server(config=config(spoolman))
+    # -g: the crash-window test writes the database through /debug/database/item
+    return start_server(config=config(spoolman), args=["-g"])
 
 
 def poll(fn, timeout: float = 30.0, interval: float = 0.1):
@@ -197,3 +199,134 @@ def test_proxy_errors_passed_through(srv):
         resp = proxy(srv, **body)
         assert (resp.status_code, resp.json()["error"]["message"]) == (
             ref["status"], ref["body"]["error"]["message"]), name
+
+
+# -- filament usage ------------------------------------------------------------
+# net extrusion 15 mm: 5 + 10 - 1 (retract) + 1 (unretract)
+SMALL = "G28\nM83\nG1 X10 Y10 F3000\nG1 E5 F300\nG1 X20 E10 F1200\nG1 E-1\nG1 E1\n"
+
+
+def print_file(srv, printer_data, name: str, text: str | None = None) -> None:
+    if text is not None:
+        with open(os.path.join(printer_data, "gcodes", name), "w") as fh:
+            fh.write(text)
+    assert srv.result("POST", "/printer/print/start", json={"filename": name}) == "ok"
+
+
+def print_state(srv) -> str:
+    st = srv.result("GET", "/printer/objects/query?print_stats=state")
+    return st["status"]["print_stats"]["state"]
+
+
+def test_print_books_usage(srv, spoolman, printer_data):
+    wait_connected(srv)
+    spool = spoolman.new_spool("print")
+    set_spool(srv, spool["id"])
+    print_file(srv, printer_data, "spool_small.gcode", SMALL)
+    settle(srv, spoolman, spool["id"], 15.0)
+    jobs = poll(lambda: srv.result("GET", "/server/history/list?limit=1")["jobs"], 10)
+    assert jobs[0]["filename"] == "spool_small.gcode" and jobs[0]["status"] == "completed"
+    ref = reference("spoolman_history_list")["body"]["result"]["jobs"][0]["auxiliary_data"]
+    assert jobs[0]["auxiliary_data"] == [dict(ref[0], value=[spool["id"]])]
+    # no active spool: nothing booked
+    set_spool(srv, None)
+    gcode(srv, "M83\nG1 E4 F300")
+    time.sleep(2.5)
+    assert abs(spoolman.used_length(spool["id"]) - 15.0) <= TOL
+    assert status(srv)["pending_reports"] == []
+
+
+def test_spoolman_stopped_mid_print(srv, spoolman, printer_data):
+    wait_connected(srv)
+    spool = spoolman.new_spool("outage")
+    set_spool(srv, spool["id"])
+    ws = srv.ws()
+    seconds = 10
+    write_long_gcode(os.path.join(printer_data, "gcodes", "spool_long.gcode"), seconds)
+    expected = round(int(seconds * LINES_PER_SECOND) * 0.01, 6)
+    print_file(srv, printer_data, "spool_long.gcode")
+    poll(lambda: spoolman.used_length(spool["id"]) > 0)   # some usage booked while up
+    spoolman.stop()
+    note = ws.wait_notification("notify_spoolman_status_changed", 30)
+    assert note["params"] == [{"spoolman_connected": False}]
+    assert print_state(srv) == "printing", "the print ended before Spoolman stopped"
+    poll(lambda: print_state(srv) == "complete", 120)
+    st = poll(lambda: (s := status(srv))["pending_reports"] and s)
+    assert st["spoolman_connected"] is False
+    assert [r["spool_id"] for r in st["pending_reports"]] == [spool["id"]]
+    assert shape_diff(reference("spoolman_status_disconnected")["body"],
+                      srv.get("/server/spoolman/status").json()) == []
+    spoolman.start()
+    note = ws.wait_notification("notify_spoolman_status_changed", 60)
+    assert note["params"] == [{"spoolman_connected": True}]
+    settle(srv, spoolman, spool["id"], expected)
+    set_spool(srv, None)
+
+
+def test_restart_with_pending_usage(srv, spoolman):
+    wait_connected(srv)
+    spool = spoolman.new_spool("restart")
+    set_spool(srv, spool["id"])
+    spoolman.stop()
+    wait_connected(srv, False)
+    gcode(srv, "M83\nG1 E20 F600")
+    poll(lambda: status(srv)["pending_reports"] == [
+        {"spool_id": spool["id"], "filament_used": pytest.approx(20.0, abs=TOL)}])
+    restart(srv)
+    st = status(srv)
+    assert st["spool_id"] == spool["id"] and st["spoolman_connected"] is False
+    assert st["pending_reports"] == [
+        {"spool_id": spool["id"], "filament_used": pytest.approx(20.0, abs=TOL)}]
+    spoolman.start()
+    wait_connected(srv)
+    settle(srv, spoolman, spool["id"], 20.0)
+    set_spool(srv, None)
+
+
+def write_inflight(srv, record: dict) -> None:
+    assert srv.post("/debug/database/item", json={
+        "namespace": "moonraker", "key": "spoolman.usage",
+        "value": {"pending": {}, "inflight": record}}).status_code == 200
+
+
+def test_crash_between_put_and_database_update(srv, spoolman):
+    """The state a crash leaves between the PUT and the database update:
+    an in-flight record.  Booked by Spoolman: not sent again; not booked:
+    sent once."""
+    wait_connected(srv)
+    spool = spoolman.new_spool("crash")
+    sid = spool["id"]
+    # the PUT reached Spoolman, then moonflask died
+    spoolman.api("PUT", f"/spool/{sid}/use", {"use_length": 7.0})
+    write_inflight(srv, {"spool_id": sid, "use_length": 7.0, "used_before": 0.0})
+    restart(srv)
+    wait_connected(srv)
+    poll(lambda: srv.result("GET", "/debug/database/item?namespace=moonraker"
+                            "&key=spoolman.usage")["value"] == {"pending": {}})
+    time.sleep(2.5)
+    assert abs(spoolman.used_length(sid) - 7.0) <= TOL
+    # moonflask died before its PUT was sent
+    write_inflight(srv, {"spool_id": sid, "use_length": 5.0, "used_before": 7.0})
+    restart(srv)
+    wait_connected(srv)
+    settle(srv, spoolman, sid, 12.0)
+
+
+def test_active_spool_deleted_in_spoolman(srv, spoolman):
+    wait_connected(srv)
+    spool = spoolman.new_spool("deleted")
+    set_spool(srv, spool["id"])
+    ws = srv.ws()
+    spoolman.api("DELETE", f"/spool/{spool['id']}")
+    note = ws.wait_notification("notify_active_spool_set", 15)
+    assert note["params"] == [{"spool_id": None}]
+    assert srv.result("GET", "/server/spoolman/spool_id") == {"spool_id": None}
+
+
+def test_unknown_active_spool_cleared_on_connect(srv, spoolman):
+    wait_connected(srv)
+    set_spool(srv, 99999)   # accepted, as the reference does
+    spoolman.stop()
+    wait_connected(srv, False)
+    spoolman.start()
+    poll(lambda: srv.result("GET", "/server/spoolman/spool_id") == {"spool_id": None}, 60)

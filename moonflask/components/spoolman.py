@@ -116,8 +116,9 @@ class Spoolman:
         ev.on("server:started", self._start)
         ev.on("server:shutdown", self._shutdown)
         ev.on("klippy:status_update", self._on_status)
+        # Klippy's position restarts at 0 with Klippy: a new baseline comes
+        # with the subscription snapshot after the reconnect.
         ev.on("klippy:disconnected", self._reset_position)
-        ev.on("klippy:identified", self._reset_position)
         for name in ("complete", "cancelled", "error", "standby"):
             ev.on(f"job_state:{name}", self._on_job_end)
         ev.on("history:job_added", self._on_job_added)
