@@ -260,17 +260,21 @@ class History:
             self._store(self.current)
 
     def set_auxiliary_field(self, field: dict[str, Any]) -> None:
-        """Set one entry of the running job's ``auxiliary_data`` (replacing the
-        entry with the same ``provider`` and ``name``) and save the job; no
-        job running: nothing.  ``field``: ``{"provider", "name", "value",
-        "description", "units"}`` (spoolman's ``spool_ids``)."""
-        job = self.current
-        if job is None:
-            return
-        aux = [f for f in job["auxiliary_data"]
-               if (f.get("provider"), f.get("name")) != (field["provider"], field["name"])]
-        job["auxiliary_data"] = aux + [dict(field)]
-        self._store(job)
+        """Set one entry of the current job's ``auxiliary_data`` (replacing the
+        entry with the same ``provider`` and ``name``) and save the job;
+        queued after the job events received so far, so it lands on the job
+        those events started; no job running: nothing.  ``field``:
+        ``{"provider", "name", "value", "description", "units"}``
+        (spoolman's ``spool_ids``)."""
+        def apply() -> None:
+            job = self.current
+            if job is None:
+                return
+            key = (field["provider"], field["name"])
+            aux = [f for f in job["auxiliary_data"] if (f.get("provider"), f.get("name")) != key]
+            job["auxiliary_data"] = aux + [dict(field)]
+            self._store(job)
+        self._tasks.put((apply, ()))
 
     # -- helpers ----------------------------------------------------------
     def _store(self, job: dict[str, Any]) -> None:

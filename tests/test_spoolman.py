@@ -5,6 +5,7 @@ real prints.  Reference recordings: tests/reference/spoolman_*.json
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -12,18 +13,59 @@ import time
 import pytest
 import requests
 
-from helpers import REPO, RpcError, free_port
+from helpers import REPO, Printer, RpcError, free_port
 from shapes import reference, shape_diff
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))
 from long_gcode import LINES_PER_SECOND, write_long_gcode  # noqa: E402
+import sim_printer  # noqa: E402
 from spoolman_service import SpoolmanService, start_script  # noqa: E402
 
-if not os.path.exists(start_script()):
-    pytest.skip(f"Spoolman not found at {start_script()}", allow_module_level=True)
+START_SCRIPT = start_script()
+if not os.path.exists(START_SCRIPT):
+    pytest.skip(f"Spoolman not found at {START_SCRIPT}", allow_module_level=True)
 
 TOL = 0.01   # mm: the extruder position is a float, Spoolman stores floats
+
+
+# configuration.md "Setting the active spool from Klipper"
+MACROS = """
+[gcode_macro SET_ACTIVE_SPOOL]
+gcode:
+  {action_call_remote_method("spoolman_set_active_spool", spool_id=params.ID|int)}
+
+[gcode_macro CLEAR_ACTIVE_SPOOL]
+gcode:
+  {action_call_remote_method("spoolman_set_active_spool", spool_id=None)}
+"""
+
+
+@pytest.fixture(scope="module")
+def printer(printer_data):
+    """The simulated printer with the two macros of configuration.md added
+    to the shared printer.cfg (a copy in printer_data)."""
+    shared = os.path.join(printer_data, "shared")
+    src = sim_printer.klipper_dir()
+    os.makedirs(os.path.join(shared, "klipper"), exist_ok=True)
+    shutil.copyfile(os.path.join(src, "klipper.dict"),
+                    os.path.join(shared, "klipper", "klipper.dict"))
+    with open(os.path.join(src, "printer.cfg")) as fh:
+        cfg = fh.read()
+    with open(os.path.join(shared, "klipper", "printer.cfg"), "w") as fh:
+        fh.write(cfg + MACROS)
+    old = os.environ.get("MOONFLASK_SHARED")
+    os.environ["MOONFLASK_SHARED"] = shared
+    try:
+        p = Printer(os.path.join(printer_data, "klippy"), os.path.join(printer_data, "gcodes"))
+        p.start()
+    finally:
+        if old is None:
+            os.environ.pop("MOONFLASK_SHARED")
+        else:
+            os.environ["MOONFLASK_SHARED"] = old
+    yield p
+    p.stop()
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +372,32 @@ def test_unknown_active_spool_cleared_on_connect(srv, spoolman):
     wait_connected(srv, False)
     spoolman.start()
     poll(lambda: srv.result("GET", "/server/spoolman/spool_id") == {"spool_id": None}, 60)
+
+
+def test_remote_method_switches_spool_mid_print(srv, spoolman, printer_data):
+    """``spoolman_set_active_spool`` from a macro; usage goes to the spool
+    active at the time, the job lists both spools."""
+    wait_connected(srv)
+    first, second = spoolman.new_spool("first"), spoolman.new_spool("second")
+    ws = srv.ws()
+    gcode(srv, f"SET_ACTIVE_SPOOL ID={first['id']}")
+    note = ws.wait_notification("notify_active_spool_set")
+    assert note["params"] == [{"spool_id": first["id"]}]
+    seconds = 8
+    write_long_gcode(os.path.join(printer_data, "gcodes", "spool_switch.gcode"), seconds)
+    expected = round(int(seconds * LINES_PER_SECOND) * 0.01, 6)
+    print_file(srv, printer_data, "spool_switch.gcode")
+    poll(lambda: spoolman.used_length(first["id"]) > 0)
+    gcode(srv, f"SET_ACTIVE_SPOOL ID={second['id']}")
+    assert print_state(srv) == "printing", "the print ended before the switch"
+    poll(lambda: print_state(srv) == "complete", 120)
+    poll(lambda: status(srv)["pending_reports"] == [])
+    time.sleep(2.5)
+    used = [spoolman.used_length(first["id"]), spoolman.used_length(second["id"])]
+    assert used[0] > 0 and used[1] > 0 and abs(sum(used) - expected) <= TOL, used
+    jobs = poll(lambda: (j := srv.result("GET", "/server/history/list?limit=1")["jobs"])
+                and j[0]["filename"] == "spool_switch.gcode" and j[0]["status"] != "in_progress"
+                and j, 15)
+    assert jobs[0]["auxiliary_data"][0]["value"] == [first["id"], second["id"]]
+    gcode(srv, "CLEAR_ACTIVE_SPOOL")
+    poll(lambda: srv.result("GET", "/server/spoolman/spool_id") == {"spool_id": None}, 10)

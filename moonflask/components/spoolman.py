@@ -119,10 +119,9 @@ class Spoolman:
         # Klippy's position restarts at 0 with Klippy: a new baseline comes
         # with the subscription snapshot after the reconnect.
         ev.on("klippy:disconnected", self._reset_position)
+        ev.on("job_state:started", self._on_job_started)
         for name in ("complete", "cancelled", "error", "standby"):
             ev.on(f"job_state:{name}", self._on_job_end)
-        ev.on("history:job_added", self._on_job_added)
-        ev.on("history:job_finished", lambda _job: setattr(self, "_job_spools", None))
         server.klippy.add_internal_subscription("spoolman", {"toolhead"})
         server.klippy.register_remote_method("spoolman_set_active_spool",
                                              self._remote_set_active_spool)
@@ -218,17 +217,19 @@ class Spoolman:
         self.pending[sid] = self.pending.get(sid, 0.0) + (e_pos - last)
         self._dirty = True
 
-    def _on_job_end(self, *_args: Any) -> None:
-        self.wake.set()
-
-    def _on_job_added(self, _job: dict) -> None:
+    def _on_job_started(self, *_args: Any) -> None:
         self._job_spools = []
         if self.spool_id is not None:
             self._record_job_spool(self.spool_id)
 
+    def _on_job_end(self, *_args: Any) -> None:
+        self._job_spools = None
+        self.wake.set()
+
     def _record_job_spool(self, spool_id: int) -> None:
         """Add ``spool_id`` to the running job's ``auxiliary_data``
-        ``spool_ids`` (history component hook)."""
+        ``spool_ids`` (history component hook; history applies it in order
+        with the job events it received before)."""
         assert self._job_spools is not None
         if spool_id in self._job_spools:
             return
