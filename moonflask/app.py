@@ -58,6 +58,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "notifier": ("moonflask.notifiers", None),
     "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
     "spoolman": ("moonflask.components.spoolman", "spoolman"),
+    "zeroconf": ("moonflask.components.zeroconf", "zeroconf"),
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")

@@ -1,0 +1,137 @@
+"""Discovery clients for tests and capture scripts: a python-zeroconf
+browser for ``_moonraker._tcp.local.``, an SSDP M-SEARCH and a listener
+for SSDP NOTIFY messages on 239.255.255.250:1900."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+SERVICE_TYPE = "_moonraker._tcp.local."
+SSDP_ADDR = ("239.255.255.250", 1900)
+
+
+def multicast_interfaces() -> list[str]:
+    """Names of the interfaces that are up and multicast-capable
+    (``/sys/class/net/*/flags``: IFF_UP 0x1, IFF_MULTICAST 0x1000)."""
+    import os
+    out = []
+    for name in sorted(os.listdir("/sys/class/net")):
+        try:
+            with open(f"/sys/class/net/{name}/flags") as fh:
+                flags = int(fh.read(), 16)
+        except (OSError, ValueError):
+            continue
+        if flags & 0x1 and flags & 0x1000:
+            out.append(name)
+    return out
+
+
+def browse(timeout: float = 10.0, want: Any = None) -> list[dict[str, Any]]:
+    """Browse ``_moonraker._tcp.local.`` until ``want(services)`` is true
+    (default: one found) or ``timeout``; returns ``[{"name", "server",
+    "port", "addresses", "properties"}]`` (properties decoded, None kept)."""
+    from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
+    found: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    class Listener(ServiceListener):
+        def _get(self, zc: Any, type_: str, name: str) -> None:
+            info = zc.get_service_info(type_, name, 3000)
+            if info is None:
+                return
+            props = {k.decode(): (v.decode() if v is not None else None)
+                     for k, v in info.properties.items()}
+            with lock:
+                found[name] = {"name": name, "server": info.server, "port": info.port,
+                               "addresses": sorted(info.parsed_addresses()),
+                               "properties": props}
+
+        add_service = update_service = _get
+
+        def remove_service(self, zc: Any, type_: str, name: str) -> None:
+            with lock:
+                found.pop(name, None)
+
+    zc = Zeroconf(ip_version=IPVersion.All)
+    try:
+        ServiceBrowser(zc, SERVICE_TYPE, Listener())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with lock:
+                services = list(found.values())
+            if (want or bool)(services):
+                break
+            time.sleep(0.1)
+        with lock:
+            return list(found.values())
+    finally:
+        zc.close()
+
+
+def parse_ssdp(data: bytes) -> dict[str, Any]:
+    """An SSDP message as ``{"start": first line, "headers": {NAME: value}}``."""
+    lines = data.decode("utf-8", "replace").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, _, v = line.partition(":")
+            headers[k.strip().upper()] = v.strip()
+    return {"start": lines[0], "headers": headers}
+
+
+def msearch(st: str, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Send one M-SEARCH for ``st``; the parsed unicast replies within ``timeout``."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+    s.settimeout(0.2)
+    msg = ("M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n"
+           f"MAN: \"ssdp:discover\"\r\nMX: 1\r\nST: {st}\r\n\r\n").encode()
+    s.sendto(msg, SSDP_ADDR)
+    out = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data, _addr = s.recvfrom(4096)
+        except socket.timeout:
+            continue
+        out.append(parse_ssdp(data))
+    s.close()
+    return out
+
+
+class NotifyListener:
+    """Collect the SSDP NOTIFY messages multicast to 239.255.255.250:1900."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.sock.bind(("", SSDP_ADDR[1]))
+        self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack(
+            "4s4s", socket.inet_aton(SSDP_ADDR[0]), socket.inet_aton("0.0.0.0")))
+        self.sock.settimeout(0.5)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data, _ = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            msg = parse_ssdp(data)
+            if msg["start"].startswith("NOTIFY"):
+                self.messages.append(msg)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()
