@@ -13,6 +13,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+import requests
 
 from helpers import REPO
 from shapes import reference
@@ -68,8 +69,8 @@ def test_mdns_name_and_addresses_with_host_all(start_server, tmp_path_factory, p
     """``[server] host: 0.0.0.0``: every non-loopback IPv4 address is
     announced; a new address appears in the record, a removed one goes."""
     data = str(tmp_path_factory.mktemp("zc_all"))
-    other = start_server(config="[zeroconf]\nmdns_hostname: my-printer\n", data_path=data,
-                         server_options="host: 0.0.0.0\n")
+    other = start_server(config="[zeroconf]\nmdns_hostname: my-printer\nenable_ssdp: True\n",
+                         data_path=data, server_options="host: 0.0.0.0\n")
     try:
         ref = reference("zeroconf_all_mdns")["body"][0]
         svc = ours(zp.browse(20, lambda s: ours(s, other.port)), other.port)[0]
@@ -77,7 +78,11 @@ def test_mdns_name_and_addresses_with_host_all(start_server, tmp_path_factory, p
         assert svc["name"].endswith(" @ my-printer._moonraker._tcp.local.")
         base = svc["addresses"]
         assert base and "127.0.0.1" not in base
-        assert other.get("/server/zeroconf/ssdp").status_code == 404  # enable_ssdp off
+        # the description needs no credentials: fetched from an untrusted address
+        resp = requests.get(f"http://{base[0]}:{other.port}/server/zeroconf/ssdp", timeout=10)
+        assert resp.status_code == 200 and f"http://{base[0]}:{other.port}" in resp.text
+        assert requests.get(f"http://{base[0]}:{other.port}/server/info",
+                            timeout=10).status_code == 401
         extra = "10.254.254.1"
         if shutil.which("ip") is None:
             pytest.skip("iproute2's ip is not installed: cannot add an address")
@@ -98,6 +103,17 @@ def test_mdns_name_and_addresses_with_host_all(start_server, tmp_path_factory, p
             if (got and got[0]["addresses"] == base) or time.monotonic() > deadline:
                 break
         assert got[0]["addresses"] == base
+    finally:
+        other.stop()
+
+
+def test_ssdp_description_needs_enable_ssdp(start_server, tmp_path_factory, printer):
+    ref = reference("zeroconf_all_ssdp_xml")
+    data = str(tmp_path_factory.mktemp("zc_nossdp"))
+    other = start_server(config="[zeroconf]\n", data_path=data)
+    try:
+        resp = other.get("/server/zeroconf/ssdp")
+        assert resp.status_code == ref["status"] == 404
     finally:
         other.stop()
 

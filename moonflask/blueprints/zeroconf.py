@@ -9,9 +9,11 @@ from ..api import HTTP, ApiBlueprint, ApiError, ApiRequest
 blueprint = ApiBlueprint("zeroconf", __name__, component="zeroconf")
 
 
-@blueprint.endpoint("/server/zeroconf/ssdp", ["GET"], rpc="", transports={HTTP}, wrap=False)
+@blueprint.endpoint("/server/zeroconf/ssdp", ["GET"], rpc="", transports={HTTP}, wrap=False,
+                    auth=False)
 def ssdp_description(req: ApiRequest) -> flask.Response:
-    """The UPnP description XML (``application/xml``); 404 without ``enable_ssdp``."""
+    """The UPnP description XML (``application/xml``); 404 without ``enable_ssdp``.
+    No credentials needed (UPnP control points have none; as the reference)."""
     comp = req.server.lookup_component("zeroconf")
     if not comp.enable_ssdp:
         raise ApiError("Not Found", 404)
