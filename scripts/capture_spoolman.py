@@ -11,7 +11,6 @@ run side by side on free ports; fixture format as scripts/capture_reference.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal

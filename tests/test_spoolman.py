@@ -11,7 +11,6 @@ import tempfile
 import time
 
 import pytest
-import requests
 
 from helpers import REPO, Printer, RpcError, free_port
 from shapes import reference, shape_diff

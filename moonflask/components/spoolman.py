@@ -24,8 +24,10 @@ What it does:
 Durability (nothing lost, nothing counted twice):
 - pending usage is mirrored in ``moonraker`` key ``spoolman.usage``
   (``{"pending": {"<spool id>": mm}, "inflight": {...}}``) at every sync
-  tick and at shutdown, so a restart or a Spoolman outage loses nothing.  A hard kill loses at most the
-  usage of the last ``sync_rate`` seconds (never counts it twice).
+  tick and at shutdown, so a restart or a Spoolman outage loses nothing.
+  A hard kill loses at most the usage of the last ``sync_rate`` seconds
+  (never counts it twice).  Usage while moonflask is not running is not
+  seen (the extruder position is re-read as a new baseline).
 - a report is a two-step commit around the non-idempotent PUT.  Before
   the PUT, one database write moves the amount from ``pending`` to
   ``inflight`` = ``{"spool_id", "use_length", "used_before"}``
