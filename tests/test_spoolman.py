@@ -130,6 +130,23 @@ def gcode(srv, script: str) -> None:
     assert srv.result("POST", "/printer/gcode/script", json={"script": script}) == "ok"
 
 
+@pytest.mark.parametrize("section, message", [
+    ("[spoolman]\nsync_rate: 5\n", "[spoolman]: No option 'server' in section [spoolman]"),
+    ("[spoolman]\nserver: 127.0.0.1:7912\n", "[spoolman]: Invalid server url: 127.0.0.1:7912"),
+    ("[spoolman]\nserver: http://127.0.0.1:1\nsync_rate: 0\n", "sync_rate")])
+def test_bad_configuration(start_server, tmp_path_factory, section, message):
+    other = start_server(config=section, data_path=str(tmp_path_factory.mktemp("bad")),
+                         wait_ready=False)
+    try:
+        info = other.result("GET", "/server/info")
+        assert info["failed_components"] == ["spoolman"]
+        assert [w for w in info["warnings"] if message in w]
+        assert not [w for w in info["warnings"] if "Invalid config option" in w]
+        assert other.get("/server/spoolman/status").status_code == 404
+    finally:
+        other.stop()
+
+
 # -- status, active spool ---------------------------------------------------
 def test_status_connected(srv):
     st = wait_connected(srv)

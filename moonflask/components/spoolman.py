@@ -93,12 +93,15 @@ class Spoolman:
 
     def __init__(self, server: Any, config: Any) -> None:
         self.server = server
-        self.base_url = config.get("server").rstrip("/")
+        from ..config import ConfigError
+        server_url = config.get("server", None)   # both read before raising: no
+        self.sync_rate = config.getint("sync_rate", 5, minval=1)  # "invalid option" noise
+        if server_url is None:
+            raise ConfigError("No option 'server' in section [spoolman]")
+        self.base_url = server_url.rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
-            from ..config import ConfigError
-            raise ConfigError(f"[spoolman]: Invalid server url: {self.base_url}")
+            raise ConfigError(f"Invalid server url: {self.base_url}")
         self.ws_url = "ws" + self.base_url[4:] + "/api/v1/spool"
-        self.sync_rate = config.getint("sync_rate", 5, minval=1)
         self.db = server.lookup_component("database").namespace(DB_NS)
         spool_id = self.db.get(SPOOL_KEY, None)
         self.spool_id: int | None = spool_id if isinstance(spool_id, int) else None
