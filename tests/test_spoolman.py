@@ -417,3 +417,20 @@ def test_remote_method_switches_spool_mid_print(srv, spoolman, printer_data):
     assert jobs[0]["auxiliary_data"][0]["value"] == [first["id"], second["id"]]
     gcode(srv, "CLEAR_ACTIVE_SPOOL")
     poll(lambda: srv.result("GET", "/server/spoolman/spool_id") == {"spool_id": None}, 10)
+
+
+def test_print_right_after_klippy_restart(srv, spoolman, printer, printer_data):
+    """Klippy restarts with its extruder position at 0: no negative usage,
+    and a print started as soon as klippy_state is ready is counted."""
+    wait_connected(srv)
+    spool = spoolman.new_spool("klippy_restart")
+    set_spool(srv, spool["id"])
+    gcode(srv, "M83\nG1 E30 F600")
+    wait_used(spoolman, spool["id"], 30.0)
+    printer.stop()
+    srv.wait_klippy_state("disconnected")
+    printer.start()
+    srv.wait_klippy_state("ready")
+    print_file(srv, printer_data, "spool_restart.gcode", SMALL)
+    settle(srv, spoolman, spool["id"], 45.0)
+    set_spool(srv, None)
