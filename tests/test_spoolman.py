@@ -271,6 +271,13 @@ def print_file(srv, printer_data, name: str, text: str | None = None) -> None:
     assert srv.result("POST", "/printer/print/start", json={"filename": name}) == "ok"
 
 
+def finished_job(srv, filename: str) -> list:
+    """``server.history.list?limit=1`` once its job is ``filename`` and finished
+    (history may wait for the file's metadata before recording the job)."""
+    return poll(lambda: (j := srv.result("GET", "/server/history/list?limit=1")["jobs"])
+                and j[0]["filename"] == filename and j[0]["status"] != "in_progress" and j, 30)
+
+
 def print_state(srv) -> str:
     st = srv.result("GET", "/printer/objects/query?print_stats=state")
     return st["status"]["print_stats"]["state"]
@@ -282,8 +289,10 @@ def test_print_books_usage(srv, spoolman, printer_data):
     set_spool(srv, spool["id"])
     print_file(srv, printer_data, "spool_small.gcode", SMALL)
     settle(srv, spoolman, spool["id"], 15.0)
-    jobs = poll(lambda: srv.result("GET", "/server/history/list?limit=1")["jobs"], 10)
-    assert jobs[0]["filename"] == "spool_small.gcode" and jobs[0]["status"] == "completed"
+    ref = reference("spoolman_print_usage")["body"]   # the reference booked the same
+    assert abs(ref["after"] - ref["before"] - 15.0) <= TOL
+    jobs = finished_job(srv, "spool_small.gcode")
+    assert jobs[0]["status"] == "completed"
     ref = reference("spoolman_history_list")["body"]["result"]["jobs"][0]["auxiliary_data"]
     assert jobs[0]["auxiliary_data"] == [dict(ref[0], value=[spool["id"]])]
     # no active spool: nothing booked
@@ -411,9 +420,7 @@ def test_remote_method_switches_spool_mid_print(srv, spoolman, printer_data):
     time.sleep(2.5)
     used = [spoolman.used_length(first["id"]), spoolman.used_length(second["id"])]
     assert used[0] > 0 and used[1] > 0 and abs(sum(used) - expected) <= TOL, used
-    jobs = poll(lambda: (j := srv.result("GET", "/server/history/list?limit=1")["jobs"])
-                and j[0]["filename"] == "spool_switch.gcode" and j[0]["status"] != "in_progress"
-                and j, 15)
+    jobs = finished_job(srv, "spool_switch.gcode")
     assert jobs[0]["auxiliary_data"][0]["value"] == [first["id"], second["id"]]
     gcode(srv, "CLEAR_ACTIVE_SPOOL")
     poll(lambda: srv.result("GET", "/server/spoolman/spool_id") == {"spool_id": None}, 10)

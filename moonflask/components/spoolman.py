@@ -264,7 +264,13 @@ class Spoolman:
             return None
         if resp.status_code >= 400:
             raise SpoolmanUnavailable(f"GET spool {spool_id}: HTTP {resp.status_code}")
-        return resp.json()
+        try:
+            spool = resp.json()
+        except ValueError:
+            spool = None
+        if not isinstance(spool, dict):
+            raise SpoolmanUnavailable(f"GET spool {spool_id}: not a spool: {resp.text[:100]!r}")
+        return spool
 
     def verify(self) -> None:
         """After a (re)connect: settle an in-flight report and clear an
