@@ -56,6 +56,7 @@ import gevent.lock
 import requests
 
 from ..api import ApiError
+from ..config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,6 @@ class Spoolman:
 
     def __init__(self, server: Any, config: Any) -> None:
         self.server = server
-        from ..config import ConfigError
         server_url = config.get("server", None)   # both read before raising: no
         self.sync_rate = config.getint("sync_rate", 5, minval=1)  # "invalid option" noise
         if server_url is None:
