@@ -29,46 +29,68 @@ def multicast_interfaces() -> list[str]:
     return out
 
 
-def browse(timeout: float = 10.0, want: Any = None) -> list[dict[str, Any]]:
-    """Browse ``_moonraker._tcp.local.`` until ``want(services)`` is true
-    (default: one found) or ``timeout``; returns ``[{"name", "server",
-    "port", "addresses", "properties"}]`` (properties decoded, None kept)."""
-    from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
-    found: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
+class Browser:
+    """A python-zeroconf browser of ``_moonraker._tcp.local.`` running in the
+    background: ``services`` (name -> ``{"name", "server", "port",
+    "addresses", "properties"}``, properties decoded, None kept) and
+    ``removed`` (names whose goodbye arrived)."""
 
-    class Listener(ServiceListener):
-        def _get(self, zc: Any, type_: str, name: str) -> None:
-            info = zc.get_service_info(type_, name, 3000)
-            if info is None:
-                return
-            props = {k.decode(): (v.decode() if v is not None else None)
-                     for k, v in info.properties.items()}
-            with lock:
-                found[name] = {"name": name, "server": info.server, "port": info.port,
-                               "addresses": sorted(info.parsed_addresses()),
-                               "properties": props}
+    def __init__(self) -> None:
+        from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
+        self.services: dict[str, dict[str, Any]] = {}
+        self.removed: list[str] = []
+        self.lock = threading.Lock()
+        browser = self
 
-        add_service = update_service = _get
+        class Listener(ServiceListener):
+            def _get(self, zc: Any, type_: str, name: str) -> None:
+                info = zc.get_service_info(type_, name, 3000)
+                if info is None:
+                    return
+                props = {k.decode(): (v.decode() if v is not None else None)
+                         for k, v in info.properties.items()}
+                with browser.lock:
+                    browser.services[name] = {
+                        "name": name, "server": info.server, "port": info.port,
+                        "addresses": sorted(info.parsed_addresses()), "properties": props}
 
-        def remove_service(self, zc: Any, type_: str, name: str) -> None:
-            with lock:
-                found.pop(name, None)
+            add_service = update_service = _get
 
-    zc = Zeroconf(ip_version=IPVersion.All)
-    try:
-        ServiceBrowser(zc, SERVICE_TYPE, Listener())
+            def remove_service(self, zc: Any, type_: str, name: str) -> None:
+                with browser.lock:
+                    browser.services.pop(name, None)
+                    browser.removed.append(name)
+
+        self.zc = Zeroconf(ip_version=IPVersion.All)
+        self.browser = ServiceBrowser(self.zc, SERVICE_TYPE, Listener())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The services found so far."""
+        with self.lock:
+            return list(self.services.values())
+
+    def wait(self, want: Any, timeout: float) -> list[dict[str, Any]]:
+        """Wait until ``want(snapshot)`` is true or ``timeout``; the snapshot."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with lock:
-                services = list(found.values())
-            if (want or bool)(services):
-                break
+        while True:
+            services = self.snapshot()
+            if want(services) or time.monotonic() > deadline:
+                return services
             time.sleep(0.1)
-        with lock:
-            return list(found.values())
+
+    def close(self) -> None:
+        """Stop browsing."""
+        self.zc.close()
+
+
+def browse(timeout: float = 10.0, want: Any = None) -> list[dict[str, Any]]:
+    """Browse with a new :class:`Browser` until ``want(services)`` is true
+    (default: one found) or ``timeout``; returns the services found."""
+    browser = Browser()
+    try:
+        return browser.wait(want or bool, timeout)
     finally:
-        zc.close()
+        browser.close()
 
 
 def parse_ssdp(data: bytes) -> dict[str, Any]:

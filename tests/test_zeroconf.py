@@ -168,8 +168,24 @@ def srv_udn(uid: str) -> str:
 
 
 def test_ssdp_notify_alive_and_byebye(srv, notify_listener):
-    """Runs last: it stops the server to see the byebye messages."""
+    """Runs last: it stops the server to see the byebye messages and the
+    mDNS goodbye."""
     udn = srv_udn(instance_id(srv))
+    browser = zp.Browser()
+    try:
+        found = ours(browser.wait(lambda s: ours(s, srv.port), 20), srv.port)
+        assert found
+        _notify_alive_and_byebye(srv, notify_listener, udn)
+        name = found[0]["name"]
+        deadline = time.monotonic() + 10
+        while name not in browser.removed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert name in browser.removed, "no mDNS goodbye at shutdown"
+    finally:
+        browser.close()
+
+
+def _notify_alive_and_byebye(srv, notify_listener, udn: str) -> None:
     ref = reference("zeroconf_loopback_notify")["body"]
 
     def mine(nts):
