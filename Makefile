@@ -27,6 +27,8 @@ reference:
 run: venv klippy
 	MOONFLASK_SHARED=$(SHARED) DATA=$(DATA) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
 
+# tests/test_spoolman.py runs the real Spoolman via $(SHARED)/spoolman/start.sh, which
+# creates its venv in .spoolman-venv on first use (pip install, about 15 s).
 test: venv klippy reference
 	MOONFLASK_SHARED=$(SHARED) $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
@@ -35,4 +37,4 @@ bench: venv klippy reference
 	MOONFLASK_SHARED=$(SHARED) $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(KLIPPY_VENV) .reference-venv printer_data
+	rm -rf $(VENV) $(KLIPPY_VENV) .reference-venv .spoolman-venv printer_data

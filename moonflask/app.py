@@ -60,6 +60,8 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "wled": ("moonflask.components.wled", "wled "),
     "button": ("moonflask.components.button", "button "),
     "paneldue": ("moonflask.components.paneldue", "paneldue"),
+    "spoolman": ("moonflask.components.spoolman", "spoolman"),
+    "zeroconf": ("moonflask.components.zeroconf", "zeroconf"),
 }
 
 # API groups (moonflask/blueprints/<group>.py) -> the component they serve:
@@ -84,6 +86,8 @@ BLUEPRINTS: dict[str, str | None] = {
     "sensors": "sensor",
     "power": "power",
     "wled": "wled",
+    "spoolman": "spoolman",
+    "zeroconf": "zeroconf",
     "debug": DEBUG_ONLY,
 }
 

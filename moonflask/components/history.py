@@ -229,8 +229,7 @@ class History:
         t["total_filament_used"] += job["filament_used"]
         t["longest_job"] = max(t["longest_job"], job["total_duration"])
         t["longest_print"] = max(t["longest_print"], job["print_duration"])
-        job["auxiliary_data"] = []
-        self.server.events.emit("history:auxiliary_data", job["auxiliary_data"])
+        self._refresh_auxiliary(job)
         self._store(job)
         self.meta.insert(TOTALS_KEY, dict(t))
         self.meta.pop(CURRENT_KEY, None)
@@ -251,6 +250,35 @@ class History:
                 log.exception("history: %s failed at shutdown", getattr(fn, "__name__", fn))
         if self.current is not None:
             self._store(self.current)
+
+    def _refresh_auxiliary(self, job: dict[str, Any]) -> None:
+        """At a job's end: the providers of ``history:auxiliary_data`` (sensor
+        history fields) give their final entries, which replace theirs in
+        place; entries set with :meth:`set_auxiliary_field` stay."""
+        fresh: list[dict[str, Any]] = []
+        self.server.events.emit("history:auxiliary_data", fresh)
+        by_key = {(f.get("provider"), f.get("name")): f for f in fresh}
+        out = []
+        for entry in job["auxiliary_data"]:
+            out.append(by_key.pop((entry.get("provider"), entry.get("name")), entry))
+        job["auxiliary_data"] = out + list(by_key.values())
+
+    def set_auxiliary_field(self, field: dict[str, Any]) -> None:
+        """Set one entry of the current job's ``auxiliary_data`` (replacing the
+        entry with the same ``provider`` and ``name``) and save the job;
+        queued after the job events received so far, so it lands on the job
+        those events started; no job running: nothing.  ``field``:
+        ``{"provider", "name", "value", "description", "units"}``
+        (spoolman's ``spool_ids``)."""
+        def apply() -> None:
+            job = self.current
+            if job is None:
+                return
+            key = (field["provider"], field["name"])
+            aux = [f for f in job["auxiliary_data"] if (f.get("provider"), f.get("name")) != key]
+            job["auxiliary_data"] = aux + [dict(field)]
+            self._store(job)
+        self._tasks.put((apply, ()))
 
     # -- helpers ----------------------------------------------------------
     def _store(self, job: dict[str, Any]) -> None:
