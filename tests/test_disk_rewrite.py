@@ -1,0 +1,91 @@
+"""Issue 10 item 9: a gcode file rewritten in place by another program (open
+the existing file, truncate, write, close) is announced as ``modify_file``,
+as the reference does (tests/reference/conf_c_disk_rewrite_in_place_*.json,
+recorded by scripts/capture_conf_c_reference.py)."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from shapes import reference, shape_diff
+
+SMALL = "; small test file\nG28\nG1 X10 Y10 F3000\nM118 printed\n"
+
+
+@pytest.fixture(scope="module")
+def srv(start_server):
+    return start_server()
+
+
+def filelist_changes(ws, path, timeout=20.0):
+    """notify_filelist_changed payloads about ``path`` until none came for 1.5 s."""
+    out = []
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    while time.monotonic() < deadline:
+        if quiet_until is not None and time.monotonic() > quiet_until:
+            break
+        try:
+            msg = ws.notifications.get(timeout=0.2)
+        except Exception:
+            continue
+        if msg.get("method") == "notify_filelist_changed" and \
+                msg["params"][0]["item"]["path"] == path:
+            out.append(msg["params"][0])
+            quiet_until = time.monotonic() + 1.5
+    return out
+
+
+@pytest.mark.parametrize("mode", ["w", "r+"])
+def test_rewrite_in_place_is_modify_file(srv, printer_data, mode):
+    name = "inplace_%s.gcode" % mode.replace("+", "plus")
+    path = os.path.join(printer_data, "gcodes", name)
+    ws = srv.ws()
+    with open(path, "w") as fh:
+        fh.write(SMALL)
+    created = filelist_changes(ws, name)
+    assert [c["action"] for c in created] == ["create_file"]
+    text = SMALL + "M118 rewritten in place\n"
+    with open(path, mode) as fh:
+        fh.truncate(0)
+        fh.write(text)
+    changes = filelist_changes(ws, name)
+    assert [c["action"] for c in changes] == ["modify_file"], changes
+    ref = reference("conf_c_disk_rewrite_in_place_" + mode.replace("+", "plus"))
+    ref_change = ref["notifications"][0]["params"][0]
+    assert ref_change["action"] == "modify_file"
+    assert shape_diff(ref_change, changes[0]) == []
+    assert changes[0]["item"]["size"] == len(text)
+    meta = srv.result("GET", "/server/files/metadata?filename=" + name)
+    assert meta["size"] == len(text)
+
+
+def test_created_then_rewritten_at_once(srv, printer_data):
+    """The reference announces one create_file (the final size) for a file
+    written and at once rewritten, one modify_file for two quick rewrites."""
+    ref = reference("conf_c_disk_create_then_rewrite")["notifications"]
+    assert [n["params"][0]["action"] for n in ref] == ["create_file"]
+    path = os.path.join(printer_data, "gcodes", "quick.gcode")
+    ws = srv.ws()
+    with open(path, "w") as fh:
+        fh.write(SMALL)
+    with open(path, "r+") as fh:
+        fh.truncate(0)
+        fh.write(SMALL + "M118 at once\n")
+    changes = filelist_changes(ws, "quick.gcode")
+    # a busy machine may let the watcher read between the two writes: then
+    # the rewrite is a modify_file of its own
+    assert [c["action"] for c in changes] in (["create_file"], ["create_file", "modify_file"])
+    assert shape_diff(ref[0]["params"][0], changes[0]) == []
+    assert changes[-1]["item"]["size"] == len(SMALL + "M118 at once\n")
+    ref = reference("conf_c_disk_rewrite_twice")["notifications"]
+    assert [n["params"][0]["action"] for n in ref] == ["modify_file"]
+    for i in range(2):
+        with open(path, "r+") as fh:
+            fh.truncate(0)
+            fh.write(SMALL + "M118 twice %d\n" % i)
+    changes = filelist_changes(ws, "quick.gcode")
+    assert changes and {c["action"] for c in changes} == {"modify_file"}
+    assert changes[-1]["item"]["size"] == len(SMALL + "M118 twice 1\n")
