@@ -57,7 +57,8 @@ class ApiError(Exception):
 # -- a full disk (issue 10 item 15) ------------------------------------------
 NO_SPACE = "No space left on device"
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_NO_SPACE_TEXTS = (NO_SPACE, "Disk quota exceeded", "[Errno 28]", "[Errno 122]")
+_NO_SPACE_TEXTS = (NO_SPACE, "Disk quota exceeded", "[Errno 28]", "[Errno 122]",
+                   "database or disk is full")     # the last: SQLite (backups)
 LMDB_LOW_SPACE = 8 << 20      # bytes: below this, an LMDB write I/O error is a full disk
 NO_SPACE_LOG_INTERVAL = 600.0   # seconds between two log lines about a full disk
 _no_space_logged_at: float | None = None
