@@ -138,6 +138,20 @@ def capture(cap, port, sock, gcodes, wss):
     time.sleep(2.5)
     cap.save(PREFIX + "disk_rewrite_twice", "disk", {"mode": "r+ twice"}, None, None,
              [m for m in ws.notifications(start) if m.get("method") in KEEP])
+    # rewritten, then held open (a file server, an editor): when is it announced?
+    start = ws.mark()
+    fh = open(path, "r+")
+    fh.truncate(0)
+    fh.write(SMALL + "M118 held open\n")
+    fh.flush()
+    time.sleep(4.0)
+    held = [m for m in ws.notifications(start) if m.get("method") in KEEP]
+    mid = ws.mark()
+    fh.close()
+    time.sleep(2.5)
+    cap.save(PREFIX + "disk_rewrite_held_open", "disk", {"mode": "r+, held open 4 s"}, None,
+             None, held, after_close=[m for m in ws.notifications(mid)
+                                      if m.get("method") in KEEP])
 
 
 def run(args):
