@@ -152,6 +152,16 @@ def capture(cap, port, sock, gcodes, wss):
     cap.save(PREFIX + "disk_rewrite_held_open", "disk", {"mode": "r+, held open 4 s"}, None,
              None, held, after_close=[m for m in ws.notifications(mid)
                                       if m.get("method") in KEEP])
+    # saved the way editors and sync tools do: a temporary file renamed over it
+    for tag, tmpname in (("hidden", ".inplace.gcode.tmp1"), ("visible", "inplace.gcode.tmp2")):
+        start = ws.mark()
+        tmp = os.path.join(gcodes, tmpname)
+        with open(tmp, "w") as fh:
+            fh.write(SMALL + "M118 replaced %s\n" % tag)
+        os.replace(tmp, path)
+        time.sleep(2.5)
+        cap.save(PREFIX + "disk_replace_" + tag, "disk", {"temp": tmpname}, None, None,
+                 [m for m in ws.notifications(start) if m.get("method") in KEEP])
 
 
 def run(args):

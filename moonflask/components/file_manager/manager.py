@@ -283,9 +283,18 @@ class FileManager(UploadMixin):
         return payload
 
     def on_disk_change(self, action: str, root: str, rel: str, is_directory: bool,
-                       source: tuple[str, str] | None = None) -> None:
-        """Announce a change another program made (called by the watcher)."""
+                       source: tuple[str, str] | None = None,
+                       renamed_to: tuple[str, str] | None = None) -> None:
+        """Announce a change another program made (called by the watcher).
+        ``renamed_to`` (root, path): the file was renamed there at once (a
+        temporary file renamed over another); the announcement carries that
+        file's size and times, as the reference's does."""
         log.debug("on-disk change: %s %s/%s (from %s)", action, root, rel, source)
+        if renamed_to is not None and renamed_to[0] in self.roots:
+            item = self._item(*renamed_to)
+            item.update(path=rel, root=root)
+            self._notify(action, item)
+            return
         gcode = root == "gcodes" and not is_directory and is_gcode(rel)
         if source is not None and source[0] == "gcodes":
             self._forget_metadata(source[1], is_directory, remove_thumbs=not is_directory)
