@@ -162,6 +162,19 @@ def capture(cap, port, sock, gcodes, wss):
         time.sleep(2.5)
         cap.save(PREFIX + "disk_replace_" + tag, "disk", {"temp": tmpname}, None, None,
                  [m for m in ws.notifications(start) if m.get("method") in KEEP])
+    # a hard link made by another program (no write, no close), then rewritten
+    start = ws.mark()
+    linked = os.path.join(gcodes, "linked.gcode")
+    os.link(path, linked)
+    time.sleep(2.5)
+    made = [m for m in ws.notifications(start) if m.get("method") in KEEP]
+    mid = ws.mark()
+    with open(linked, "r+") as fh:
+        fh.truncate(0)
+        fh.write(SMALL + "M118 linked\n")
+    time.sleep(2.5)
+    cap.save(PREFIX + "disk_hard_link", "disk", {"link": "linked.gcode"}, None, None, made,
+             after_rewrite=[m for m in ws.notifications(mid) if m.get("method") in KEEP])
 
 
 def run(args):

@@ -160,3 +160,26 @@ def test_saved_through_a_renamed_temporary_file(srv, printer_data, tag, tmpname)
         assert shape_diff(ref[-1]["item"], ours["item"]) == []
         assert ours["item"]["size"] == len(text)
     assert changes[-1]["source_item"] == {"path": tmpname, "root": "gcodes"}
+
+
+def test_hard_link_then_rewrite(srv, printer_data):
+    """As the reference: a hard link (nothing written) is not announced; the
+    first write through it is its create_file."""
+    ref = reference("conf_c_disk_hard_link")
+    assert ref["notifications"] == []
+    assert [(n["params"][0]["action"], n["params"][0]["item"]["path"])
+            for n in ref["after_rewrite"]] == [("create_file", "linked.gcode")]
+    gcodes = os.path.join(printer_data, "gcodes")
+    path = os.path.join(gcodes, "tolink.gcode")
+    ws = srv.ws()
+    with open(path, "w") as fh:
+        fh.write(SMALL)
+    filelist_changes(ws, "tolink.gcode")
+    os.link(path, os.path.join(gcodes, "linked.gcode"))
+    assert filelist_changes(ws, "linked.gcode", timeout=3.0) == []
+    with open(os.path.join(gcodes, "linked.gcode"), "r+") as fh:
+        fh.truncate(0)
+        fh.write(SMALL + "M118 linked\n")
+    changes = filelist_changes(ws, "linked.gcode")
+    assert [c["action"] for c in changes] == ["create_file"]
+    assert shape_diff(ref["after_rewrite"][0]["params"][0], changes[0]) == []
