@@ -17,7 +17,11 @@ input.  Spec: web_api.md "HTTP API Overview", "JSON-RPC API Overview".
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import shutil
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -48,6 +52,56 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+# -- a full disk (issue 10 item 15) ------------------------------------------
+NO_SPACE = "No space left on device"
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXTS = (NO_SPACE, "Disk quota exceeded", "[Errno 28]", "[Errno 122]",
+                   "database or disk is full")     # the last: SQLite (backups)
+LMDB_LOW_SPACE = 8 << 20      # bytes: below this, an LMDB write I/O error is a full disk
+NO_SPACE_LOG_INTERVAL = 600.0   # seconds between two log lines about a full disk
+_no_space_logged_at: float | None = None
+
+
+def is_disk_full(err: BaseException, path: str | None = None) -> bool:
+    """True when ``err`` says the file system is full.
+
+    Recognises an OSError with errno ENOSPC/EDQUOT, an ApiError made by
+    :func:`disk_full_error`, an error whose text carries the system's
+    message (a metadata worker's reply, an LMDB error), and, when ``path``
+    (a folder on the file system written to) is given, an LMDB "Input/output
+    error": LMDB reports the short write of a full disk as EIO, so it counts
+    as full when less than LMDB_LOW_SPACE bytes are free there.
+    """
+    if isinstance(err, ApiError):
+        return err.status == 507 and err.message == NO_SPACE
+    if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+        return True
+    text = str(err)
+    if any(t in text for t in _NO_SPACE_TEXTS):
+        return True
+    if path is not None and type(err).__module__.startswith("lmdb") \
+            and "Input/output error" in text:
+        try:
+            return shutil.disk_usage(path).free < LMDB_LOW_SPACE
+        except OSError:
+            return False
+    return False
+
+
+def disk_full_error(where: str) -> ApiError:
+    """The ApiError 507 "No space left on device" for a write that failed
+    because the disk is full; logs a warning naming ``where`` (what was being
+    written) once, then at most every NO_SPACE_LOG_INTERVAL seconds."""
+    global _no_space_logged_at
+    now = time.monotonic()
+    if _no_space_logged_at is None or now - _no_space_logged_at >= NO_SPACE_LOG_INTERVAL:
+        _no_space_logged_at = now
+        logging.getLogger(__name__).warning(
+            "%s: writing %s failed; writes are refused with 507 until space is freed",
+            NO_SPACE, where)
+    return ApiError(NO_SPACE, 507)
 
 
 _REQUIRED = object()

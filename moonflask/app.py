@@ -25,6 +25,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import MOONRAKER_VERSION, jsonutil
 from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, error_response,
                   json_response, parse_query_args)
+from .api import disk_full_error, is_disk_full
 from .components.authorization import CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, load_authorization
 from .config import ConfigFile
 from .connections import ConnectionManager, UnixConnection, WebsocketConnection
@@ -424,7 +425,11 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
 
     @app.errorhandler(500)
     def internal(err: Any) -> flask.Response:
-        log.error("internal error: %s", getattr(err, "original_exception", err))
+        original = getattr(err, "original_exception", None) or err
+        if is_disk_full(original, server.data_path):    # a write anywhere: 507
+            full = disk_full_error(flask.request.path)
+            return error_response(full.status, full.message)
+        log.error("internal error: %s", original)
         return error_response(500, "Internal Server Error")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import jsonutil
 from .api import ApiError, ApiRequest, Args
+from .api import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class Dispatcher:
                 return None
             return error_reply(api_error_code(err.status), err.message, req_id)
         except Exception as err:  # a bug in a handler: report it, keep the connection
+            if is_disk_full(err, self.server.data_path):
+                full = disk_full_error(method)
+                return error_reply(full.status, full.message, req_id) if has_id else None
             log.exception("JSON-RPC method %s failed", method)
             if not has_id:
                 return None

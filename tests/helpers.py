@@ -240,25 +240,31 @@ class Moonflask:
         self.proc: subprocess.Popen | None = None
         self._clients: list[Any] = []
 
-    def start(self, timeout: float = 20.0) -> "Moonflask":
-        """Start the process and wait until ``/server/info`` answers."""
+    def start(self, timeout: float = 60.0) -> "Moonflask":
+        """Start the process and wait until ``/server/info`` answers (any
+        status).  The deadline is generous (the machine may be busy); a
+        process that exits fails at once, with what it printed."""
         out = open(os.path.join(self.data_path, "moonflask.stdout"), "ab")
         python = os.environ.get("MOONFLASK_PYTHON", sys.executable)
         self.proc = subprocess.Popen(
             [python, "-m", "moonflask", "-d", self.data_path, *self.args],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         out.close()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        last: Any = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moonflask exited with {self.proc.returncode}: "
                                    + self.output())
             try:
-                requests.get(self.url + "/server/info", timeout=1)
+                requests.get(self.url + "/server/info", timeout=5)
                 return self
-            except requests.RequestException:
+            except requests.RequestException as err:
+                last = err
                 time.sleep(0.05)
-        raise TimeoutError("moonflask did not start: " + self.output())
+        raise TimeoutError(f"moonflask did not answer within {timeout:.0f} s "
+                           f"(last: {last!r}): " + self.output())
 
     def output(self) -> str:
         """What the process printed (stdout + stderr)."""
@@ -298,19 +304,31 @@ class Moonflask:
         self._clients.append(client)
         return client
 
-    def wait_klippy_state(self, state: str, timeout: float = 30.0) -> dict:
-        """Poll ``server.info`` until ``klippy_state`` is ``state``."""
+    def wait_klippy_state(self, state: str, timeout: float = 60.0) -> dict:
+        """Poll ``server.info`` until ``klippy_state`` is ``state``.
+
+        Fails at once when the process exited; after ``timeout`` seconds
+        (generous: the machine may be busy) with the last answer (status
+        and body, e.g. a 401 when the server does not trust the client)."""
         deadline = time.monotonic() + timeout
-        info: dict = {}
+        last: Any = None
         while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"moonflask exited with {self.proc.returncode}: "
+                                   + self.output())
             try:
-                info = self.get("/server/info").json()["result"]
+                resp = self.get("/server/info")
+                last = (resp.status_code, resp.text[:300])
+                info = resp.json()["result"]
                 if info["klippy_state"] == state:
                     return info
-            except (requests.RequestException, KeyError, ValueError):
-                pass
+            except (KeyError, TypeError, ValueError):
+                pass        # not a result (e.g. a 401): ``last`` shows what it was
+            except requests.RequestException as err:
+                last = repr(err)
             time.sleep(0.1)
-        raise TimeoutError(f"klippy_state not {state}: {info}")
+        raise TimeoutError(f"klippy_state not {state} within {timeout:.0f} s; "
+                           f"last answer: {last}")
 
     def stop(self) -> None:
         """Close clients, SIGTERM the process (SIGKILL after 5 s)."""

@@ -5,6 +5,8 @@ transitions into internal events that history, the job queue and the
 notifiers listen to:
 
     "job_state:started"    standby/complete/cancelled/error -> printing
+                           (also -> paused: the print paused before Klippy's
+                           first status tick; "paused" follows at once)
     "job_state:paused"     printing -> paused
     "job_state:resumed"    paused -> printing
     "job_state:complete"   -> complete
@@ -115,6 +117,13 @@ class JobState:
             # A print shorter than Klippy's status interval goes from standby
             # straight to complete: report its start first (with the final
             # stats, as the reference does).
+            events.emit("job_state:state_changed", old_state, "printing", prev, new)
+            events.emit("job_state:started", prev, new)
+            prev, old_state = dict(new, state="printing"), "printing"
+        elif new_state == "paused" and old_state not in ACTIVE and new.get("filename"):
+            # A print that pauses before Klippy's first status tick reports
+            # it printing (BASE_PAUSE, PAUSE or M600 in its first lines):
+            # standby/complete/cancelled/error -> paused.  It started first.
             events.emit("job_state:state_changed", old_state, "printing", prev, new)
             events.emit("job_state:started", prev, new)
             prev, old_state = dict(new, state="printing"), "printing"

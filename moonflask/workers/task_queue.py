@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from ..api import disk_full_error, is_disk_full
+
 log = logging.getLogger(__name__)
 
 
@@ -16,7 +18,10 @@ def run(queue: Any, name: str) -> None:
         fn, args = queue.get()
         try:
             fn(*args)
-        except Exception:
+        except Exception as err:
+            if is_disk_full(err):     # logged once, not once per task
+                disk_full_error(f"{name} records")
+                continue
             log.exception("%s: %s failed", name, getattr(fn, "__name__", fn))
 
 

@@ -57,6 +57,7 @@ import uuid
 from typing import Any, Iterable
 
 import gevent
+import gevent.event
 import gevent.lock
 import jwt
 
@@ -76,6 +77,9 @@ LOGIN_DELAY_BASE = 0.25                 # seconds after the first failure, doubl
 MAX_LOGIN_DELAY = 8.0                   # seconds
 FAILURE_MEMORY = 900.0                  # seconds without attempts before an address is forgiven
 HOSTNAME_REFRESH = 300.0                # seconds between re-resolving trusted hostnames
+HOSTNAME_RETRY = 5.0                    # seconds before a name that did not resolve is retried
+HOSTNAME_WAIT = 10.0                    # seconds a request waits for a first resolution
+LOOPBACK = ("127.0.0.1/32", "::1/128")  # what "localhost" names resolve to (RFC 6761 6.3)
 
 CORS_ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = ("Origin, Accept, Content-Type, X-Requested-With, X-CRSF-Token, "
@@ -148,8 +152,12 @@ class TrustedClients:
     Args:
         entries: the configured items (``192.168.1.0/24``, ``::1``,
             ``printer.local``, ``10.0.0.5``).
-    Hostnames are resolved to their addresses at start and every
-    HOSTNAME_REFRESH seconds; an unresolvable name is logged and ignored.
+    Hostnames are resolved to their addresses when first needed, then again
+    every HOSTNAME_REFRESH seconds in the background; a name that does not
+    resolve (a resolver not answering yet on a fresh or busy machine) keeps
+    the addresses it had, is logged once and is tried again after
+    HOSTNAME_RETRY seconds.  ``localhost`` and ``*.localhost`` are the
+    loopback networks, never resolved (RFC 6761).
     """
 
     def __init__(self, entries: Iterable[str]) -> None:
@@ -164,28 +172,67 @@ class TrustedClients:
                 continue
             except ValueError:
                 pass
-            if re.fullmatch(r"[A-Za-z0-9.\-_]+", entry):
+            name = entry.lower().rstrip(".")
+            if name == "localhost" or name.endswith(".localhost"):
+                self.networks.extend(ipaddress.ip_network(n) for n in LOOPBACK)
+            elif re.fullmatch(r"[A-Za-z0-9.\-_]+", entry):
                 self.hostnames.append(entry.lower())
             else:
                 log.warning("[authorization]: invalid trusted_clients entry %r", entry)
         self._resolved: set[ipaddress._BaseAddress] = set()
-        self._resolved_at = 0.0
-        self._verdicts: dict[str, bool] = {}     # ip -> contains(ip), cleared on refresh
+        self._by_name: dict[str, set[ipaddress._BaseAddress]] = {}
+        self._failed: set[str] = set()          # names whose failure was logged
+        self._next_refresh = 0.0                # time.monotonic() of the next resolution
+        self._resolving: gevent.event.Event | None = None
+        self._verdicts: dict[str, bool] = {}     # ip -> contains(ip); cleared on each resolution
         self._verdicts_at = 0.0
 
     def _refresh(self) -> None:
-        now = time.monotonic()
-        if not self.hostnames or now - self._resolved_at < HOSTNAME_REFRESH:
+        """Resolve the hostnames when due: in the caller's greenlet while a
+        name has never resolved (concurrent callers wait for that one
+        resolution, at most HOSTNAME_WAIT seconds), else in the background."""
+        if not self.hostnames:
             return
-        self._resolved_at = now
-        resolved = set()
-        for name in self.hostnames:
-            try:
-                for info in socket.getaddrinfo(name, None):
-                    resolved.add(ipaddress.ip_address(info[4][0].split("%")[0]))
-            except (OSError, ValueError) as err:
-                log.info("trusted client %s does not resolve: %s", name, err)
-        self._resolved = resolved
+        pending = self._resolving
+        if pending is not None:
+            if len(self._by_name) < len(self.hostnames):
+                pending.wait(HOSTNAME_WAIT)
+            return
+        if time.monotonic() < self._next_refresh:
+            return
+        if len(self._by_name) < len(self.hostnames):
+            self._resolve()
+        else:
+            self._resolving = gevent.event.Event()
+            gevent.spawn(self._resolve)
+
+    def _resolve(self) -> None:
+        done = self._resolving = self._resolving or gevent.event.Event()
+        failed = False
+        try:
+            for name in self.hostnames:
+                try:
+                    addrs = {ipaddress.ip_address(info[4][0].split("%")[0])
+                             for info in socket.getaddrinfo(name, None)}
+                except (OSError, ValueError) as err:
+                    failed = True
+                    if name not in self._failed:
+                        self._failed.add(name)
+                        log.warning("trusted client %s does not resolve (tried again every "
+                                    "%.0f s): %s", name, HOSTNAME_RETRY, err)
+                    continue
+                if name in self._failed:
+                    self._failed.discard(name)
+                    log.info("trusted client %s resolves: %s", name,
+                             ", ".join(sorted(map(str, addrs))))
+                self._by_name[name] = addrs
+            self._resolved = set().union(*self._by_name.values())
+            self._verdicts = {}
+        finally:
+            self._next_refresh = time.monotonic() + (HOSTNAME_RETRY if failed
+                                                     else HOSTNAME_REFRESH)
+            self._resolving = None
+            done.set()
 
     def contains(self, ip: str | None) -> bool:
         """True when the address ``ip`` is trusted (IPv4-mapped IPv6 addresses
@@ -199,7 +246,9 @@ class TrustedClients:
             self._verdicts_at = now
         verdict = self._verdicts.get(ip)
         if verdict is None:
-            verdict = self._verdicts[ip] = self._contains(ip)
+            verdict = self._contains(ip)
+            if len(self._by_name) == len(self.hostnames):   # every name resolved once
+                self._verdicts[ip] = verdict
         return verdict
 
     def _contains(self, ip: str) -> bool:

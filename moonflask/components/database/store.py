@@ -53,7 +53,7 @@ import gevent
 import gevent.event
 import lmdb
 
-from ...api import ApiError
+from ...api import ApiError, disk_full_error, is_disk_full
 from .backup import BackupMixin
 from .codec import (DEFAULT_MAX_DBS, FORBIDDEN_NAMESPACES, LITERAL_KEY_NAMESPACES, LOCK_FILE,
                     MAX_MAX_DBS, MOONRAKER_DB_FILE, PROTECTED_NAMESPACES, SCHEMA_VERSION,
@@ -98,8 +98,20 @@ class _Txn:
 
 def _run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in gevent's threadpool: the hub keeps serving other
-    greenlets while LMDB fsyncs (the GIL is released during the commit)."""
-    return gevent.get_hub().threadpool.apply(fn, args)
+    greenlets while LMDB fsyncs (the GIL is released during the commit).
+    An exception is re-raised here, in the caller's greenlet: raised in the
+    worker thread, gevent would print it to stderr first, and when stderr is
+    on the file system that just filled up that print fails too and the
+    caller waits forever."""
+    def call() -> tuple[bool, Any]:
+        try:
+            return True, fn(*args)
+        except BaseException as err:   # noqa: B036 (handed to the caller)
+            return False, err
+    ok, value = gevent.get_hub().threadpool.apply(call)
+    if not ok:
+        raise value
+    return value
 
 
 class _WriteJob:
@@ -273,19 +285,31 @@ class Database(BackupMixin):
 
     def _commit_batch(self, batch: list["_WriteJob"]) -> None:
         with self._wlock:
-            for _ in range(64):
-                outcome = _run_blocking(self._commit_once, batch)
-                if outcome == "map_full":
-                    self._grow_map()
-                elif outcome == "dbs_full":
-                    self._grow_dbs()
+            try:
+                for _ in range(64):
+                    outcome = _run_blocking(self._commit_once, batch)
+                    if outcome == "map_full":
+                        self._grow_map()
+                    elif outcome == "dbs_full":
+                        self._grow_dbs()
+                    else:
+                        break
                 else:
-                    break
-            else:
+                    for job in batch:
+                        job.error = ApiError("Database write failed", 500)
+            except Exception as err:
+                # The commit itself failed (nothing of the batch is written):
+                # every writer of the batch learns it, none waits forever.  A
+                # full disk is a 507 (LMDB reports the short write as EIO).
+                if is_disk_full(err, self.path):
+                    err = disk_full_error("the database")
+                else:
+                    log.error("Database commit failed: %s", err)
                 for job in batch:
-                    job.error = ApiError("Database write failed", 500)
-            for job in batch:
-                job.finish()
+                    job.error = err
+            finally:
+                for job in batch:
+                    job.finish()
 
     def _commit_once(self, batch: list["_WriteJob"]) -> str:
         """One attempt at the whole batch (runs in a worker thread under

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import gevent
 
 from ...config import ConfigError
-from ...api import ApiError
+from ...api import ApiError, disk_full_error, is_disk_full
 from .upload_handler import UploadMixin
 from .roots import (os_error, threadpool, Root, clean_relative, file_permissions, is_dir,
                     is_gcode, join, split_root, stat_info)
@@ -283,9 +283,18 @@ class FileManager(UploadMixin):
         return payload
 
     def on_disk_change(self, action: str, root: str, rel: str, is_directory: bool,
-                       source: tuple[str, str] | None = None) -> None:
-        """Announce a change another program made (called by the watcher)."""
+                       source: tuple[str, str] | None = None,
+                       renamed_to: tuple[str, str] | None = None) -> None:
+        """Announce a change another program made (called by the watcher).
+        ``renamed_to`` (root, path): the file was renamed there at once (a
+        temporary file renamed over another); the announcement carries that
+        file's size and times, as the reference's does."""
         log.debug("on-disk change: %s %s/%s (from %s)", action, root, rel, source)
+        if renamed_to is not None and renamed_to[0] in self.roots:
+            item = self._item(*renamed_to)
+            item.update(path=rel, root=root)
+            self._notify(action, item)
+            return
         gcode = root == "gcodes" and not is_directory and is_gcode(rel)
         if source is not None and source[0] == "gcodes":
             self._forget_metadata(source[1], is_directory, remove_thumbs=not is_directory)
@@ -419,7 +428,8 @@ class FileManager(UploadMixin):
         """Extract and store the metadata of gcodes file ``rel``.
 
         A failed extraction stores the basic ``size``/``modified``.
-        Raises: ApiError 404 when the file does not exist."""
+        Raises: ApiError 404 when the file does not exist, 507 when its
+        thumbnails cannot be written for a full disk (none is left partial)."""
         root = self.roots["gcodes"]
         full = join(root, rel)
         if not os.path.isfile(full):
@@ -430,6 +440,8 @@ class FileManager(UploadMixin):
             if not isinstance(md, dict):
                 raise ScanError("no metadata")
         except (ScanError, gevent.Timeout) as err:
+            if is_disk_full(err):
+                raise disk_full_error(f"the thumbnails of {rel}") from None
             log.info("metadata extraction for %s failed: %s", rel, err)
             md = self._basic_metadata(full)
         old = self.metadata.get(rel) or {}
@@ -446,7 +458,12 @@ class FileManager(UploadMixin):
             return None
         md = self.metadata.get_valid(rel, full)
         if md is None:
-            md = self.scan_metadata(rel)
+            try:
+                md = self.scan_metadata(rel)
+            except ApiError as err:
+                if err.status != 507:
+                    raise
+                md = self._basic_metadata(full)   # a full disk: reads still answer
         return md
 
     def scan_with_thumbnails(self, rel: str, priority: int = PRIO_REQUEST,
@@ -463,7 +480,9 @@ class FileManager(UploadMixin):
             before = set()
         try:
             md = self.scan_metadata(rel, priority=priority, check_objects=check_objects)
-        except ApiError:
+        except ApiError as err:
+            if err.status == 507:   # a full disk
+                raise
             return []
         out = []
         for th in md.get("thumbnails") or []:
@@ -616,6 +635,11 @@ class FileManager(UploadMixin):
                             raise
                         threadpool(shutil.move, src_full, dst_full)
             except OSError as err:
+                if copy and not existed and is_disk_full(err):   # no partial copy left
+                    if is_dir(dst_full):
+                        threadpool(shutil.rmtree, dst_full, True)
+                    else:
+                        _unlink_quiet(dst_full)
                 raise os_error(err, source) from None
             if not copy and src_root.name == "gcodes":
                 self._forget_metadata(src_rel, src_is_dir)
@@ -777,6 +801,13 @@ class FileManager(UploadMixin):
         None restores the default (start the print through Klippy when idle).
         """
         self._upload_print_handler = handler
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def load_component(server: Any, config: Any) -> FileManager:

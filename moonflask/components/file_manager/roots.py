@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import gevent
 
-from ...api import ApiError
+from ...api import ApiError, disk_full_error, is_disk_full
 
 GCODE_EXTENSIONS = (".gcode", ".g", ".gco", ".ufp", ".nc")
 WRITABLE_ROOTS = ("gcodes", "config")
@@ -134,10 +134,24 @@ def is_dir(path: str) -> bool:
 
 
 def threadpool(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking ``fn(*args)`` in gevent's threadpool and return its result."""
-    return gevent.get_hub().threadpool.apply(fn, args)
+    """Run blocking ``fn(*args)`` in gevent's threadpool and return its result.
+    An exception is re-raised in the caller's greenlet (raised in the worker
+    thread, gevent prints it to stderr first: on a full disk that fails too
+    and the caller would wait forever)."""
+    def call() -> tuple[bool, Any]:
+        try:
+            return True, fn(*args)
+        except BaseException as err:   # noqa: B036 (handed to the caller)
+            return False, err
+    ok, value = gevent.get_hub().threadpool.apply(call)
+    if not ok:
+        raise value
+    return value
 
 
 def os_error(err: OSError, rel: str) -> ApiError:
-    """An OSError as a client error that names the root-relative path only."""
+    """An OSError as a client error that names the root-relative path only
+    (a full disk: 507 "No space left on device", see api.disk_full_error)."""
+    if is_disk_full(err):
+        return disk_full_error(rel)
     return ApiError(f"{err.strerror or 'Error'}: {rel}", 400)

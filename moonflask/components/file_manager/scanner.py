@@ -237,8 +237,12 @@ class MetadataCache:
             try:
                 self._ns.insert(rel, md)
                 return
-            except Exception:
-                log.exception("storing metadata for %s failed", rel)
+            except Exception as err:
+                from ...api import disk_full_error, is_disk_full   # not in the worker process
+                if is_disk_full(err):       # kept in memory; the warning is logged once
+                    disk_full_error("gcode metadata")
+                else:
+                    log.exception("storing metadata for %s failed", rel)
         self._mem[rel] = md
 
     def delete(self, rel: str) -> None:

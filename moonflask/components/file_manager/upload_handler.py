@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -49,7 +50,8 @@ class UploadMixin:
         Returns: the upload result (``item``, ``action``, and for gcodes
         ``print_started``/``print_queued``); extra key ``_fields`` holds the
         form fields (removed by the HTTP handler).
-        Raises: ApiError 400/403/413/422.
+        Raises: ApiError 400/403/413/422, 507 when the disk is full (nothing
+        of the upload is left).
         """
         def choose_dir(fields: dict[str, str]) -> str:
             root = self.roots.get(fields.get("root", default_root).strip().lower() or
@@ -130,7 +132,13 @@ class UploadMixin:
         thumbs: list[tuple[str, str]] = []
         if root.name == "gcodes" and is_gcode(rel):
             self.metadata.delete(rel)
-            thumbs = self.scan_with_thumbnails(rel, check_objects=self.enable_object_processing)
+            try:
+                thumbs = self.scan_with_thumbnails(rel,
+                                                   check_objects=self.enable_object_processing)
+            except ApiError as err:
+                if err.status == 507:   # a full disk: the upload is refused whole
+                    self._remove_upload(root, rel, full)
+                raise
         item = self._item(root.name, rel)
         result: dict[str, Any] = {"item": item, "action": "create_file"}
         print_requested = False
@@ -150,6 +158,20 @@ class UploadMixin:
         result["_fields"] = fields
         return result
 
+    def _remove_upload(self, root: Any, rel: str, full: str) -> None:
+        """Remove the placed upload ``rel`` and the thumbnails written for it
+        (its upload failed after the rename: the disk filled)."""
+        stem = re.escape(os.path.splitext(os.path.basename(rel))[0])
+        pattern = re.compile(stem + r"-\d+x\d+\.(png|jpg)")
+        thumbs = os.path.join(os.path.dirname(full), ".thumbs")
+        with self.suppress((root.name, rel)):
+            for path in [full] + [os.path.join(thumbs, n) for n in _listdir(thumbs)
+                                  if pattern.fullmatch(n)]:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
     @staticmethod
     def _place(temp: str, dest: str) -> None:
         try:
@@ -163,6 +185,13 @@ class UploadMixin:
                 os.fsync(fh.fileno())
             os.replace(part, dest)
             os.unlink(temp)
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def fsync_dir(folder: str) -> None:

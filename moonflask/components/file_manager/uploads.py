@@ -19,7 +19,7 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
 from werkzeug.exceptions import ClientDisconnected
 
-from ...api import ApiError
+from ...api import ApiError, disk_full_error, is_disk_full
 
 CHUNK = 256 * 1024          # bytes read from the socket at a time
 FIELD_LIMIT = 64 * 1024     # bytes kept for a non-file field
@@ -118,7 +118,7 @@ def receive(request: Any, choose_dir: Callable[[dict[str, str]], str],
         max_size: the largest accepted body, in bytes.
     Returns: the :class:`Upload`.
     Raises: ApiError 400 (not multipart, no file part, body cut off), 413
-        (larger than ``max_size``).  The temporary file is removed on error.
+        (larger than ``max_size``), 507 (the disk is full).  The temporary file is removed on error.
     """
     ctype = request.headers.get("Content-Type", "")
     if not ctype.lower().startswith("multipart/form-data"):
@@ -167,6 +167,8 @@ def receive(request: Any, choose_dir: Callable[[dict[str, str]], str],
                 pass
         if isinstance(err, ApiError):
             raise
+        if isinstance(err, OSError) and is_disk_full(err):   # the temp file is gone
+            raise disk_full_error("an upload") from None
         if isinstance(err, (ClientDisconnected, OSError, ValueError)):
             raise ApiError("Upload incomplete: connection closed", 400) from None
         if isinstance(err, Exception) and type(err).__module__.startswith("streaming_form_data"):

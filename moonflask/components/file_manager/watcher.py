@@ -35,6 +35,11 @@ def is_temp(name: str) -> bool:
                                       or name.endswith(TEMP_SUFFIXES))
 
 
+def is_hidden(rel: str) -> bool:
+    """True when a part of the root-relative path ``rel`` starts with a dot."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
 class FileWatcher:
     """Watches the roots of ``manager`` (a FileManager).
 
@@ -213,12 +218,26 @@ class FileWatcher:
                 self._drop_tree(src_root, "\x00moving/" + src_rel)
             out.append(("delete_dir" if is_dir else "delete_file", src_root, src_rel,
                         is_dir, None))
+        # a file created then renamed in this batch (a temporary file renamed
+        # over another): its create_file describes the file it became
+        renamed = {(s[0], s[1]): (r, p) for _a, r, p, _d, s in out if s is not None}
         for action, root, rel, is_dir, src in out:
+            if is_hidden(rel):
+                # Hidden files are not listed, so not announced (as the
+                # reference): a temporary file that an editor or a sync tool
+                # renames over a file appears only as that file's move_file.
+                if src is None or is_hidden(src[1]):
+                    continue
+                action, root, rel, src = ("delete_dir" if is_dir else "delete_file",
+                                          src[0], src[1], None)
             if mgr.is_suppressed(root, rel) or (src is not None and
                                                  mgr.is_suppressed(src[0], src[1])):
                 continue
+            extra = {}
+            if action == "create_file" and (root, rel) in renamed:
+                extra["renamed_to"] = renamed[(root, rel)]
             try:
                 mgr.on_disk_change(action, root, rel, is_dir,
-                                   None if src is None else (src[0], src[1]))
+                                   None if src is None else (src[0], src[1]), **extra)
             except Exception:
                 log.exception("handling %s %s/%s failed", action, root, rel)

@@ -38,9 +38,16 @@ def _thumb_entry(width: int, height: int, path: str, name: str) -> Dict[str, Any
 
 def _write_file(path: str, data: bytes) -> None:
     tmp = path + ".tmp%d" % os.getpid()
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:   # a full disk: no partial file is left behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _parse_thumbnails(src: GcodeSource, gcode_path: str) -> Optional[List[Dict[str, Any]]]:
