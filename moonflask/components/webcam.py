@@ -88,7 +88,8 @@ class Webcams:
             cam["uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL,
                                         f"moonflask:{server.data_path}:webcam:{name}"))
             self.config_cams[name] = cam
-        self.db = server.database.namespace(DB_NS)
+        # created by the first webcam added, as the reference does
+        self.db = server.database.namespace(DB_NS, create=False)
 
     # -- lookups ----------------------------------------------------------
     def _db_cams(self) -> dict[str, dict[str, Any]]:
