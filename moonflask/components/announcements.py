@@ -102,6 +102,8 @@ class Announcements:
 
     def __init__(self, server: Any, config: Any) -> None:
         self.server = server
+        self.enable_moonlight = bool(config.getboolean("enable_moonlight", True)) \
+            if config is not None else True
         self.dev_mode = bool(config.getboolean("dev_mode", False)) if config is not None else False
         subs = config.getlist("subscriptions", []) if config is not None else []
         self.config_feeds = list(DEFAULT_FEEDS)
@@ -149,6 +151,8 @@ class Announcements:
                     return fh.read(MAX_FEED_SIZE + 1)
             except OSError as err:
                 raise FeedError(f"cannot read {path}: {err.strerror}") from None
+        if not self.enable_moonlight:  # no fetch from moonlight: entries stay as they are
+            return None
         import requests  # ~8 MB: loaded on first use
         url = os.environ.get("MOONFLASK_ANNOUNCEMENTS_URL", FEED_URL).format(feed=feed)
         headers = {}

@@ -57,6 +57,12 @@ def load_component(server: Any, section: Any) -> DatabaseComponent:
     Raises: ``DatabaseLocked`` / ``lmdb.Error`` when the store cannot be opened.
     """
     from .store import Database
+    if section is not None:
+        # Moonraker 0.11's options, read so server.config lists them: the
+        # folder is DATA_PATH/database whatever database_path says (spec:
+        # configuration.md [database]); the debug endpoints need -g.
+        section.get("database_path", None)
+        section.getboolean("enable_database_debug", False)
     db = Database(os.path.join(server.data_path, "database"), import_moonraker=True)
     if db.imported:
         log.info("database: imported Moonraker database: %s", db.imported)
