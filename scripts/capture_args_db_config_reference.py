@@ -8,7 +8,10 @@ and 8 as fixtures in tests/reference/:
   helper writes (``[server]`` and ``[authorization]`` only);
 - ``dbns_*``: the namespaces of a fresh database, which namespaces clients
   may read and write, and query-string type hints;
-- ``queue_*``: starting an empty, paused job queue.
+- ``queue_*``: starting an empty, paused job queue;
+- ``announcements_dev_mode_*`` (item 7): with ``[announcements] dev_mode:
+  True``, the entries read from ``DATA_PATH/development/announcements/``
+  (a second run, without Klippy).
 
 The file format is the one of scripts/capture_reference.py (whose Capture
 and WS classes it uses).
@@ -86,6 +89,30 @@ HINTS = [
     ("bool_1", "key=k13&value:bool=1"),
     ("two_colons", "key=k14&value:x:int=5"),
 ]
+
+
+#: The feed file written for the dev_mode run, as ``FEED.xml``.
+DEV_FEED = """<?xml version='1.0' encoding='utf-8'?>
+<rss version="2.0" xmlns:moonlight="https://arksine.github.io/moonlight"><channel>
+<title>arksine/moonlight</title><link>https://github.com/Arksine/moonlight</link>
+<description>RSS Announcements for Moonraker</description>
+<pubDate>Tue, 22 Mar 2022 23:19:04 GMT</pubDate>
+<item><title>Local {feed} announcement</title><link>https://github.com/Arksine/moonlight/issues/{n}</link>
+<description>Read from the development folder</description>
+<pubDate>Wed, {day:02d} Mar 2022 19:37:58 GMT</pubDate><category>normal</category>
+<guid>arksine/moonlight/issue/{n}</guid></item></channel></rss>
+"""
+DEV_FEEDS = {"moonraker": 71, "klipper": 72}   # feed -> issue number (and day)
+
+
+def write_dev_feeds(data: str) -> str:
+    """Write DEV_FEED for each of DEV_FEEDS into DATA/development/announcements."""
+    folder = os.path.join(data, "development", "announcements")
+    os.makedirs(folder, exist_ok=True)
+    for feed, n in DEV_FEEDS.items():
+        with open(os.path.join(folder, f"{feed}.xml"), "w") as fh:
+            fh.write(DEV_FEED.format(feed=feed, n=n, day=n - 60))
+    return folder
 
 
 def write_conf(path: str, port: int, klippy_sock: str) -> None:
@@ -178,6 +205,43 @@ def run(args: argparse.Namespace) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_dev_mode(args: argparse.Namespace) -> None:
+    """Item 7: the reference with dev_mode reads DATA_PATH/development/announcements."""
+    tmp = tempfile.mkdtemp(prefix="mfref-", dir="/tmp")
+    data = os.path.join(tmp, "data")
+    for d in ("config", "gcodes", "logs"):
+        os.makedirs(os.path.join(data, d), exist_ok=True)
+    write_dev_feeds(data)
+    port = free_port()
+    conf = os.path.join(data, "config", "moonraker.conf")
+    write_conf(conf, port, os.path.join(tmp, "no-klippy.sock"))
+    with open(conf, "a") as fh:
+        fh.write("\n[announcements]\ndev_mode: True\n")
+    proc = subprocess.Popen(
+        [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
+         "-l", os.path.join(data, "logs", "moonraker.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        cap = Capture(args.out, port, None)
+        wait_moonraker(cap, 90, state="disconnected")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, _, body = cap.http_raw("GET", "/server/announcements/list")
+            if status == 200 and len(body["result"]["entries"]) >= len(DEV_FEEDS):
+                break
+            time.sleep(0.5)
+        cap.http("announcements_dev_mode_list", "GET", "/server/announcements/list")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference-python", default=os.path.join(
@@ -185,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--klippy-python", default=None)
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
     p.add_argument("--keep", action="store_true")
-    run(p.parse_args(argv))
+    p.add_argument("--only", choices=("main", "dev_mode"), default=None)
+    args = p.parse_args(argv)
+    if args.only in (None, "main"):
+        run(args)
+    if args.only in (None, "dev_mode"):
+        run_dev_mode(args)
     return 0
 
 

@@ -7,9 +7,10 @@ added by API (stored in the database).  Each is fetched with requests from
 ``https://arksine.github.io/moonlight/assets/FEED.xml`` every 30 minutes
 (conditional GET); a feed that cannot be fetched or parsed is logged and
 retried next time, its entries kept.  With ``dev_mode: True`` the feeds are
-read from ``.devel/announcement_xml/FEED.xml`` beside the moonflask package
-instead (overridable for tests with ``MOONFLASK_DEVEL_PATH``; the feed URL
-with ``MOONFLASK_ANNOUNCEMENTS_URL``, ``{feed}`` being the feed name).
+read from ``DATA_PATH/development/announcements/FEED.xml`` instead, where
+Moonraker 0.11 reads them (the feed URL can be overridden for tests with
+``MOONFLASK_ANNOUNCEMENTS_URL``, ``{feed}`` being the feed name).
+``enable_moonlight: False`` fetches nothing (entries stay as they are).
 
 XML is parsed with defusedxml: entity declarations (billion laughs,
 external entities) and DTD tricks are refused.  Entries live in the
@@ -44,13 +45,10 @@ META_NS = "moonraker"
 FEEDS_KEY = "announcements.stored_feeds"
 
 
-def devel_path() -> str:
-    """Where dev_mode reads ``FEED.xml`` files."""
-    override = os.environ.get("MOONFLASK_DEVEL_PATH")
-    if override:
-        return override
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(repo, ".devel", "announcement_xml")
+def devel_path(data_path: str) -> str:
+    """Where dev_mode reads ``FEED.xml`` files:
+    ``DATA_PATH/development/announcements`` (Moonraker 0.11's location)."""
+    return os.path.join(data_path, "development", "announcements")
 
 
 class FeedError(Exception):
@@ -145,7 +143,7 @@ class Announcements:
     def _fetch(self, feed: str) -> bytes | None:
         """The feed's XML, or None when unchanged (HTTP 304)."""
         if self.dev_mode:
-            path = os.path.join(devel_path(), f"{feed}.xml")
+            path = os.path.join(devel_path(self.server.data_path), f"{feed}.xml")
             try:
                 with open(path, "rb") as fh:
                     return fh.read(MAX_FEED_SIZE + 1)
