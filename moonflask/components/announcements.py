@@ -112,8 +112,19 @@ class Announcements:
         self.entries_db = server.database.namespace(ENTRIES_NS)
         self.meta = server.database.namespace(META_NS)
         self.stored_feeds: list[str] = list(self.meta.get(FEEDS_KEY, None) or [])
-        self.entries: dict[str, dict[str, Any]] = {
-            k: v for k, v in self.entries_db.items() if isinstance(v, dict)}
+        self.entries: dict[str, dict[str, Any]] = {}
+        moved: list[str] = []
+        for key, entry in self.entries_db.items():
+            if not isinstance(entry, dict):
+                continue
+            entry_id = str(entry.get("entry_id") or key)
+            self.entries[entry_id] = entry
+            if key != entry_id:     # Moonraker keys its entries "000001", ...
+                moved.append(key)
+        if moved:                   # kept by entry_id here, dismissed state and all
+            self.entries_db.insert_batch({e["entry_id"]: e for e in self.entries.values()
+                                          if "entry_id" in e})
+            self.entries_db.delete_batch(moved)
         self._validators: dict[str, tuple[str | None, str | None]] = {}
         self._wakers: dict[str, gevent.Greenlet] = {}
         now = time.time()
