@@ -11,6 +11,8 @@ the same.
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import sys
@@ -113,6 +115,31 @@ def test_users_api_key_and_login_kept(srv):
     ref = reference("auth_login_bad_password")
     assert (r.status_code, r.json()["error"]["message"]) == (
         ref["status"], ref["body"]["error"]["message"])
+
+
+def _exp(token: str) -> float:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
+
+
+def test_reference_login_survives(srv):
+    """The refresh token the reference issued at its login still works."""
+    refresh = reference("switch_login")["body"]["result"]["refresh_token"]
+    if _exp(refresh) < time.time() + 60:
+        pytest.skip("the recorded refresh token has expired: re-run "
+                    "scripts/capture_switch_reference.py")
+    s = untrusted()
+    r = s.post(srv.url + "/access/refresh_jwt", json={"refresh_token": refresh}, timeout=10)
+    assert r.status_code == 200, r.text
+    token = r.json()["result"]["token"]
+    r = s.get(srv.url + "/access/user", headers={"Authorization": f"Bearer {token}"},
+              timeout=10)
+    assert r.status_code == 200 and r.json()["result"]["username"] == USER
+    # a tampered one is refused
+    head, body, sig = refresh.split(".")
+    forged = ".".join((head, body, sig[:-4] + ("AAAA" if sig[-4:] != "AAAA" else "BBBB")))
+    r = s.post(srv.url + "/access/refresh_jwt", json={"refresh_token": forged}, timeout=10)
+    assert r.status_code == 401
 
 
 def test_history_queue_and_announcements_kept(srv):
