@@ -134,6 +134,7 @@ def record_state(cap: Capture, ws: WS) -> None:
     cap.rpc("switch_state_queue", ws, "server.job_queue.status")
     cap.rpc("switch_state_announcements", ws, "server.announcements.list")
     cap.rpc("switch_state_feeds", ws, "server.announcements.feeds")
+    cap.rpc("switch_state_metadata", ws, "server.files.metadata", {"filename": PRINTED})
 
 
 def run(args: argparse.Namespace) -> None:

@@ -59,7 +59,9 @@ def srv(start_server, tmp_root):
     for sub in ("database", "gcodes", "config"):
         os.makedirs(os.path.join(data, sub), exist_ok=True)
     shutil.copyfile(DB, os.path.join(data, "database", "moonraker-sql.db"))
-    write_long_gcode(os.path.join(data, "gcodes", PRINTED), PRINT_SECONDS)
+    path = write_long_gcode(os.path.join(data, "gcodes", PRINTED), PRINT_SECONDS)
+    modified = state("metadata")["modified"]      # the same file, as it was then
+    os.utime(path, (modified, modified))
     write_dev_feeds(data)
     return start_server(config="[authorization]\ntrusted_clients:\n  127.0.0.1/32\n" + EXTRA_CONF,
                         data_path=data)
@@ -140,6 +142,12 @@ def test_reference_login_survives(srv):
     forged = ".".join((head, body, sig[:-4] + ("AAAA" if sig[-4:] != "AAAA" else "BBBB")))
     r = s.post(srv.url + "/access/refresh_jwt", json={"refresh_token": forged}, timeout=10)
     assert r.status_code == 401
+
+
+def test_file_metadata_kept(srv):
+    """gcode_metadata: the reference's record of the unchanged file is used
+    (its uuid, and the print_start_time / job_id it added when printing)."""
+    assert srv.result("GET", f"/server/files/metadata?filename={PRINTED}") == state("metadata")
 
 
 def test_history_queue_and_announcements_kept(srv):
