@@ -229,16 +229,21 @@ class Args(Mapping):
 def parse_query_args(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Apply Moonraker's query-string type hints to ``(key, value)`` pairs.
 
-    ``key:int``, ``key:float``, ``key:bool`` and ``key:json`` convert the value;
-    a value that does not convert keeps its raw string (as the reference does).
-    Returns a dict keyed by the name without its hint.
+    A key with one colon is ``name:hint``: ``int``, ``float`` and ``json``
+    convert the value, and a value that does not convert keeps its raw
+    string; ``bool`` is True for ``true`` in any case, else False; any other
+    hint (``:str``, ``:foo``, ``:JSON``, empty) keeps the raw string under
+    ``name``.  A key with no colon, or several, is kept as it is.  All as
+    the reference does (tests/reference/dbns_hint_*.json).
+    Returns a dict keyed by the name without its hint; a later pair wins.
     """
     out: dict[str, Any] = {}
     for key, value in items:
-        name, sep, hint = key.rpartition(":")
-        if not sep or hint not in ("int", "float", "bool", "json"):
+        parts = key.split(":")
+        if len(parts) != 2:
             out[key] = value
             continue
+        name, hint = parts
         converted: Any = value
         try:
             if hint == "int":
@@ -246,10 +251,8 @@ def parse_query_args(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
             elif hint == "float":
                 converted = float(value)
             elif hint == "bool":
-                low = value.lower()
-                if low in ("true", "false"):
-                    converted = low == "true"
-            else:
+                converted = value.lower() == "true"
+            elif hint == "json":
                 converted = json.loads(value)
         except ValueError:
             converted = value

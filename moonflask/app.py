@@ -65,6 +65,10 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "zeroconf": ("moonflask.components.zeroconf", "zeroconf"),
 }
 
+#: Sections the reference lists in ``server.config`` for its core services
+#: that have no options (or none of their own here): always in force.
+CORE_SECTIONS = ("template", "dbus_manager", "klippy_apis", "shell_command", "http_client")
+
 # API groups (moonflask/blueprints/<group>.py) -> the component they serve:
 # a group is registered when its component loaded; None marks the core groups
 # (always), DEBUG_ONLY the ``-g`` group.
@@ -168,13 +172,17 @@ class Server:
                 continue
             try:
                 mod = importlib.import_module(modname)
-                cfg = self.config.section(section) if section and not section.endswith(" ") \
-                    else None
+                # every loaded component has its section in force, written or
+                # not: its options and defaults are what server.config lists
+                cfg = self.config.section(section or name) \
+                    if not (section or "").endswith(" ") else None
                 self.components[name] = mod.load_component(self, cfg)
             except Exception as err:  # keep serving without it
                 log.exception("component %s failed to load", name)
                 self.failed_components.append(name)
                 self.config.runtime_warnings.append(f"[{section or name}]: {err}")
+        for name in CORE_SECTIONS:  # in force with no option (server.config lists them)
+            self.config.section(name)
 
     def register_blueprints(self, app: flask.Flask) -> None:
         """Register every API group whose component is loaded (BLUEPRINTS)."""

@@ -90,8 +90,7 @@ class ConfigFile:
                 self._read(os.path.abspath(match), seen)
 
     def _load_secrets(self) -> None:
-        if "secrets" not in self.sections:
-            return
+        # [secrets] is always in force (server.config lists its default)
         path = self.section("secrets").get("secrets_path", None)
         if not path:
             return

@@ -220,17 +220,34 @@ def test_feeds_added_and_removed(srv, feeds):
     assert len(srv.result("GET", "/server/announcements/list")["entries"]) == 2
 
 
+def test_dev_mode_reads_the_reference_folder(start_server, tmp_path):
+    """Issue 10 item 7, compared with the reference given the same files
+    (announcements_dev_mode_list, scripts/capture_args_db_config_reference.py).
+    The reference lists only the last feed's entry (it drops the others); moonflask
+    lists each feed's, the reference's one identical."""
+    from capture_args_db_config_reference import DEV_FEEDS, write_dev_feeds
+    data = str(tmp_path / "pd_ref")
+    write_dev_feeds(data)
+    srv = start_server(config="[announcements]\ndev_mode: True\n", data_path=data)
+    ref = reference("announcements_dev_mode_list")["body"]["result"]
+    entries = wait_entries(srv, len(DEV_FEEDS))
+    got = srv.result("GET", "/server/announcements/list")
+    assert got["feeds"] == ref["feeds"]
+    assert {e["feed"] for e in entries} == set(DEV_FEEDS)
+    for ref_entry in ref["entries"]:
+        assert ref_entry in got["entries"]
+    srv.stop()
+
+
 def test_dev_mode_files(start_server, tmp_path, printer_data):
-    devel = tmp_path / "announcement_xml"
-    devel.mkdir()
+    """Issue 10 item 7: dev_mode reads DATA_PATH/development/announcements/FEED.xml,
+    where the reference reads them."""
+    devel = tmp_path / "pd" / "development" / "announcements"
+    devel.mkdir(parents=True)
     (devel / "moonraker.xml").write_bytes(rss(item(5)))
     (devel / "klipper.xml").write_bytes(rss(item(6, "high")))
-    os.environ["MOONFLASK_DEVEL_PATH"] = str(devel)
-    try:
-        other = start_server(config="[announcements]\ndev_mode: True\n",
-                             data_path=str(tmp_path / "pd"))
-    finally:
-        del os.environ["MOONFLASK_DEVEL_PATH"]
+    other = start_server(config="[announcements]\ndev_mode: True\n",
+                         data_path=str(tmp_path / "pd"))
     entries = wait_entries(other, 2)
     assert {e["feed"] for e in entries} == {"moonraker", "klipper"}
     (devel / "klipper.xml").write_bytes(rss())

@@ -116,6 +116,39 @@ def test_full_example_config_is_what_moonflask_reads(start_server):
     assert cfg["data_store"] == {"temperature_store_size": 1200, "gcode_store_size": 1000}
 
 
+def test_server_config_lists_sections_in_force_as_reference(start_server, tmp_root):
+    """Issue 10 item 4: on the minimal configuration (only [server] and
+    [authorization] written), server.config lists every section in force
+    with its options' defaults, as the reference does
+    (tests/reference/config_server_config_minimal.json)."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from shapes import reference
+    ref = reference("config_server_config_minimal")["body"]["result"]
+    srv = start_server(data_path=os.path.join(tmp_root, "config_minimal"))
+    got = srv.result("GET", "/server/config")
+    components = srv.result("GET", "/server/info")["components"]
+    # per-instance values, and one deliberate difference: moonflask trusts
+    # X-Forwarded-For only when asked to (use_xheaders: True)
+    instance = {("server", "port"), ("server", "klippy_uds_address"),
+                ("server", "use_xheaders")}
+    expected = [name for name in ref["config"]
+                if name != "history" or "history" in components]
+    assert list(got["config"]) == expected
+    for name in expected:
+        ours, theirs = got["config"][name], ref["config"][name]
+        assert set(ours) == set(theirs), name
+        for option, value in theirs.items():
+            if (name, option) not in instance:
+                assert ours[option] == value, (name, option)
+    assert got["config"]["server"]["use_xheaders"] is False
+    assert list(got["orig"]) == list(ref["orig"]) == ["DEFAULT", "server", "authorization"]
+    assert got["files"] == ref["files"]
+    assert not [w for w in srv.result("GET", "/server/info")["warnings"] if "Unparsed" in w
+                or "Invalid config option" in w]
+    srv.stop()
+
+
 def test_make_run_writes_the_minimal_example(tmp_path):
     from moonflask.config import write_default_config
     dest = tmp_path / "config" / "moonraker.conf"

@@ -98,14 +98,15 @@ def test_reference_cases_http(srv):
 
 
 def test_protected_and_forbidden(srv):
-    for ns in ("moonraker", "gcode_metadata", "history"):
+    for ns in ("moonraker", "gcode_metadata", "announcements"):
         r = srv.post(ITEM, json={"namespace": ns, "key": "x", "value": 1})
         assert (r.status_code, r.json()["error"]["message"]) == (
             403, f"Write access to namespace '{ns}' is forbidden")
         r = srv.delete(ITEM, params={"namespace": ns, "key": "x"})
         assert r.status_code == 403
     assert srv.get(ITEM, params={"namespace": "moonraker"}).status_code == 200
-    # forbidden: credentials are neither listed, readable nor writable
+    # hidden: credentials (and job history) are neither listed, readable nor
+    # writable, and look like namespaces that do not exist
     srv.post("/debug/database/item", json={"namespace": "authorized_users", "key": "u",
                                            "value": {"password": "h"}})
     assert "authorized_users" not in srv.result("GET", "/server/database/list")["namespaces"]
@@ -117,7 +118,8 @@ def test_protected_and_forbidden(srv):
                        ("DELETE", {"params": {"namespace": "authorized_users", "key": "u"}})):
         r = srv.get(ITEM, **kw) if method == "GET" else (
             srv.post(ITEM, **kw) if method == "POST" else srv.delete(ITEM, **kw))
-        assert r.status_code == 403, (method, kw)
+        assert r.status_code == 404, (method, kw)
+        assert r.json()["error"]["message"] == "Namespace authorized_users not found"
         assert "password" not in r.text
     # debug endpoints bypass the policy
     r = srv.post("/debug/database/item", json={"namespace": "moonraker", "key": "mf_test",
@@ -129,6 +131,77 @@ def test_protected_and_forbidden(srv):
     assert r.json()["result"]["value"]["u"] == {"password": "h"}
     assert shape_diff(ref_body("db_debug_list"), srv.get("/debug/database/list").json()) == []
     srv.delete("/debug/database/item", params={"namespace": "authorized_users", "key": "u"})
+
+
+def _status_message(resp):
+    body = resp.json()
+    return resp.status_code, body["error"]["message"] if "error" in body else None
+
+
+def test_fresh_database_namespaces_as_reference(start_server, tmp_root):
+    """Issue 10 item 5: a fresh database holds the namespaces the reference's
+    fresh one holds (dbns_fresh_list; its order varies run to run)."""
+    fresh = start_server(data_path=os.path.join(tmp_root, "dbns_fresh"))
+    ref = reference("dbns_fresh_list")["body"]["result"]["namespaces"]
+    got = fresh.result("GET", "/server/database/list")["namespaces"]
+    assert sorted(got) == sorted(ref) == ["announcements", "gcode_metadata", "moonraker"]
+    fresh.stop()
+
+
+def test_namespace_access_as_reference(start_server, tmp_root):
+    """Issue 10 item 5: which namespaces clients may read and write, on a
+    fresh database, as recorded (dbns_get_/post_/delete_*).  Beyond the
+    reference, moonflask's own stores (authorized_users, history; the
+    reference keeps them in SQL tables) stay not found when written."""
+    from capture_args_db_config_reference import NAMESPACES
+    fresh = start_server(data_path=os.path.join(tmp_root, "dbns_access"))
+    hidden = {"authorized_users", "history"}
+    for ns in NAMESPACES:
+        ref = reference(f"dbns_get_{ns}")
+        got = _status_message(fresh.get(ITEM, params={"namespace": ns}))
+        assert got == (ref["status"], ref["body"].get("error", {}).get("message")), ns
+    ws = fresh.ws()
+    for ns in ("authorized_users", "database"):
+        ref = reference(f"dbns_rpc_get_{ns}")["body"]["error"]
+        with pytest.raises(RpcError) as err:
+            ws.call("server.database.get_item", {"namespace": ns})
+        assert (err.value.code, err.value.message) == (ref["code"], ref["message"])
+    for verb in ("post", "delete"):
+        for ns in NAMESPACES:
+            ref = reference(f"dbns_{verb}_{ns}")
+            if verb == "post":
+                resp = fresh.post(ITEM, json={"namespace": ns, "key": "probe", "value": 1})
+            else:
+                resp = fresh.delete(ITEM, params={"namespace": ns, "key": "probe"})
+            expect = (ref["status"], ref["body"].get("error", {}).get("message"))
+            if ns in hidden:
+                assert ref["status"] == 200
+                expect = (404, f"Namespace {ns} not found")
+            assert _status_message(resp) == expect, (verb, ns, resp.text)
+            if expect[0] == 200:
+                assert resp.json() == {"result": ref["body"]["result"]}
+    assert "authorized_users" not in fresh.result("GET", "/server/database/list")["namespaces"]
+    fresh.stop()
+    # with [update_manager], its namespace is protected as with the reference
+    um = start_server(config="[update_manager]\n", data_path=os.path.join(tmp_root, "dbns_um"))
+    assert _status_message(um.post(ITEM, json={"namespace": "update_manager", "key": "x",
+                                               "value": 1})) == (
+        403, "Write access to namespace 'update_manager' is forbidden")
+    um.stop()
+
+
+def test_query_string_type_hints_as_reference(srv):
+    """Issue 10 item 5: unknown hints keep the raw string under the bare
+    name, ``:bool`` is ``true`` or false, as recorded (dbns_hint_*)."""
+    from capture_args_db_config_reference import HINTS
+    for name, query in HINTS:
+        ref = reference(f"dbns_hint_{name}")
+        resp = srv.post(f"{ITEM}?namespace=dbns_hints&{query}")
+        assert resp.status_code == ref["status"], (name, resp.text)
+        if "error" in ref["body"]:
+            assert resp.json()["error"]["message"] == ref["body"]["error"]["message"]
+        else:
+            assert resp.json() == ref["body"], name
 
 
 def test_list_and_emptied_namespace_dropped(srv):

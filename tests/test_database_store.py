@@ -200,14 +200,19 @@ def test_client_policy(db):
     db.insert_item("moonraker", "instance_id", "abc")
     db.namespace("authorized_users").insert("alice", {"username": "alice"})
     db.insert_item("fluidd", "x", 1)
-    for ns in ("moonraker", "gcode_metadata", "history", "announcements", "update_manager"):
+    for ns in ("moonraker", "gcode_metadata", "announcements"):
         db.check_client_access(ns, write=False)
         assert err(db.check_client_access, ns, write=True) == (
             403, f"Write access to namespace '{ns}' is forbidden")
-    for ns in ("database", "authorized_users"):
-        for write in (False, True):
+    for write in (False, True):
+        assert err(db.check_client_access, "database", write=write) == (
+            403, "Read/Write access to namespace 'database' is forbidden")
+        for ns in ("authorized_users", "history"):     # moonflask's own stores
             assert err(db.check_client_access, ns, write=write) == (
-                403, f"Read/Write access to namespace '{ns}' is forbidden")
+                404, f"Namespace {ns} not found")
+    db.check_client_access("update_manager", write=True)  # only with [update_manager]
+    db.protect_namespace("update_manager")
+    assert err(db.check_client_access, "update_manager", write=True)[0] == 403
     db.check_client_access("fluidd", write=True)
     db.check_client_access("Moonraker", write=True)     # case-sensitive, as Moonraker
     assert db.list_namespaces() == ["authorized_users", "fluidd", "moonraker"]

@@ -54,6 +54,56 @@ def test_status_shape(srv):
     assert got["result"] == {"queued_jobs": [], "queue_state": "paused"}
 
 
+def test_start_or_clear_empty_paused_queue_as_reference(srv):
+    """Issue 10 item 8: starting an empty, paused queue leaves it paused and
+    sends nothing; clearing an empty queue neither (queue_start_empty_paused,
+    queue_delete_all_empty).  The next notification the client receives is
+    the one of the next real change."""
+    ws = srv.ws()
+    for name, method, params in (
+            ("queue_start_empty_paused", "server.job_queue.start", None),
+            ("queue_status_after_start", "server.job_queue.status", None),
+            ("queue_delete_all_empty", "server.job_queue.delete_job", {"all": True})):
+        ref = reference(name)
+        assert ref["notifications"] == []
+        assert ws.call(method, params) == ref["body"]["result"] == {
+            "queued_jobs": [], "queue_state": "paused"}
+    added = ws.call("server.job_queue.post_job", {"filenames": ["a.gcode"]})
+    first = ws.wait_notification("notify_job_queue_changed")["params"][0]
+    assert first["action"] == "jobs_added" and first["queue_state"] == "paused"
+    ws.call("server.job_queue.delete_job", {"job_ids": [added["queued_jobs"][0]["job_id"]]})
+    assert ws.wait_notification("notify_job_queue_changed")["params"][0]["action"] == \
+        "jobs_removed"
+    assert ws.call("server.job_queue.status")["queue_state"] == "paused"
+
+
+def test_job_loaded_pauses_without_automatic_transition(start_server, tmp_root, printer_data):
+    """Spec configuration.md [job_queue]: automatic_transition defaults to
+    False, and then the queue pauses once a job is loaded (as the
+    reference's server.config and job_loaded notification show)."""
+    ref = reference("config_server_config_minimal")["body"]["result"]["config"]["job_queue"]
+    data = os.path.join(tmp_root, "queue_default")
+    os.makedirs(data, exist_ok=True)
+    if not os.path.exists(os.path.join(data, "gcodes")):
+        os.symlink(os.path.join(printer_data, "gcodes"), os.path.join(data, "gcodes"))
+    other = start_server(data_path=data)
+    assert other.result("GET", "/server/config")["config"]["job_queue"] == ref
+    ws = other.ws()
+    ws.call("server.job_queue.post_job", {"filenames": ["a.gcode"]})
+    ws.call("server.job_queue.start")
+    loaded = ws.wait_notification("notify_job_queue_changed", timeout=60,
+                                  predicate=lambda m: m["params"][0]["action"] == "job_loaded")
+    assert loaded["params"][0]["queue_state"] == "paused"
+    assert ws.call("server.job_queue.status")["queue_state"] == "paused"
+    ws.request("printer.print.cancel")   # an error if it has finished already
+    deadline = time.monotonic() + 60
+    while other.result("GET", "/printer/objects/query?print_stats=state")["status"][
+            "print_stats"]["state"] == "printing":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    other.stop()
+
+
 def test_enqueue_jump_remove(srv):
     ws = srv.ws()
     res = srv.post("/server/job_queue/job?filenames=a.gcode,b.gcode").json()

@@ -98,16 +98,65 @@ def api_printer(req: ApiRequest) -> dict[str, Any]:
 
 @_endpoint("/api/printer/command", ["POST"])
 def api_printer_command(req: ApiRequest) -> dict[str, Any]:
-    """Run ``commands`` (a list of gcode lines) through Klippy; answers ``{}``."""
-    commands = req.args.get("commands", [])
-    if isinstance(commands, str):
-        commands = [commands]
-    if not isinstance(commands, list):
-        raise ApiError("Invalid Argument Type [commands]", 400)
-    script = "\n".join(str(c) for c in commands)
+    """OctoPrint's "Send an arbitrary command to the printer": ``command`` (one
+    gcode line) or ``commands`` (a list of them), run through Klippy;
+    answers ``{}`` (as Moonraker does).  Raises: 400 when neither is given or
+    a command is not text (OctoPrint's ``script`` form is not supported)."""
+    args = req.args
+    if "commands" in args:
+        commands = args["commands"]
+        if isinstance(commands, str):
+            commands = [commands]
+    elif "command" in args:
+        commands = [args["command"]]
+    elif "script" in args:
+        raise ApiError("GCODE scripts ('script') are not supported: send 'command' or "
+                       "'commands'", 400)
+    else:
+        raise ApiError("Missing Argument [command] or [commands]", 400)
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise ApiError("Invalid Argument Type [commands]: expected a list of gcode lines", 400)
+    script = "\n".join(c for c in commands if c.strip())
     if script:
         req.server.klippy.request("gcode/script", {"script": script})
     return {}
+
+
+def _no_content() -> flask.Response:
+    """OctoPrint's answer to a successful tool/bed command: 204, no body."""
+    return flask.Response(status=204)
+
+
+@_endpoint("/api/printer/tool", ["POST"])
+def api_printer_tool(req: ApiRequest) -> flask.Response:
+    """OctoPrint's "Issue a tool command": ``{"command": "target", "targets":
+    {"tool0": 200, ...}}`` sets each extruder's target (degrees Celsius)
+    through Klippy; 204.  Raises: 400 unknown command, bad tool or target;
+    409 when the printer is not operational."""
+    command = req.args.get("command")
+    if command != "target":
+        raise ApiError(f"Unsupported tool command: {command!r} (supported: 'target')", 400)
+    targets = req.args.get("targets")
+    if not isinstance(targets, dict) or not targets:
+        raise ApiError("Invalid Argument Type [targets]: expected an object "
+                       "{\"tool0\": temperature, ...}", 400)
+    _oc(req).set_targets({str(k): v for k, v in targets.items()})
+    return _no_content()
+
+
+@_endpoint("/api/printer/bed", ["POST"])
+def api_printer_bed(req: ApiRequest) -> flask.Response:
+    """OctoPrint's "Issue a bed command": ``{"command": "target", "target":
+    60}`` sets the bed's target (degrees Celsius) through Klippy; 204.
+    Raises: 400 unknown command or bad target; 409 when the printer is not
+    operational or has no heated bed."""
+    command = req.args.get("command")
+    if command != "target":
+        raise ApiError(f"Unsupported bed command: {command!r} (supported: 'target')", 400)
+    if "target" not in req.args:
+        raise ApiError("Missing Argument [target]", 400)
+    _oc(req).set_targets({"bed": req.args["target"]})
+    return _no_content()
 
 
 @_endpoint("/api/printerprofiles", ["GET"])

@@ -18,26 +18,49 @@ def klippy_endpoint(path: str):
     return blueprint.endpoint(path, ["GET", "POST"], rpc=path.strip("/").replace("/", "."))
 
 
-def _objects_arg(req: ApiRequest) -> dict[str, list[str] | None]:
-    """The ``objects`` argument: a JSON object ``{name: [fields] | null}``;
-    over HTTP also the query form ``?toolhead&extruder=target,temperature``."""
+def _from_query_string(req: ApiRequest, key: str) -> bool:
+    """True when argument ``key`` is the plain text of the HTTP query string
+    (``?objects=x``), not a JSON body value or a type-hinted one."""
+    if req.transport != HTTP or req.http is None:
+        return False
+    value = req.args.get(key)
+    return isinstance(value, str) and req.http.args.get(key) == value
+
+
+def _objects_arg(req: ApiRequest, required: bool = True) -> dict[str, list[str] | None]:
+    """The ``objects`` argument, checked before Klippy is asked (spec:
+    web_api.md "Query printer object status").
+
+    Forms accepted, as the reference accepts them:
+    - ``objects``: a JSON object ``{name: [field, ...] | null}`` (every
+      transport; a JSON body over HTTP);
+    - over HTTP only, the query form ``?toolhead&extruder=target,temperature``
+      (each argument an object, its text the comma-separated fields); a
+      plain ``?objects=...`` there names an object called ``objects``.
+
+    Args:
+        required: without any objects, raise (query) or return ``{}``
+            (subscribe: an empty subscription).
+    Returns: ``{object_name: [fields] | None}``.
+    Raises: ApiError 400 ``Missing Argument [objects]``, ``Invalid Argument
+        Type [objects]`` (not an object), or one that names the object whose
+        fields are not a list of names or null.
+    """
     args = req.args
-    if "objects" in args and isinstance(args["objects"], dict):
+    if "objects" in args and not _from_query_string(req, "objects"):
         raw = args["objects"]
+        if not isinstance(raw, dict):
+            raise ApiError("Invalid Argument Type [objects]", 400)
     elif req.transport == HTTP:
         raw = {k: v for k, v in args.items() if k != "connection_id"}
         raw = {k: (v.split(",") if isinstance(v, str) and v else v or None)
                for k, v in raw.items()}
+    elif required:
+        raise ApiError("Missing Argument [objects]", 400)
     else:
-        if "objects" not in args:
-            raise ApiError("Missing Argument [objects]", 400)
-        if not isinstance(args["objects"], dict):
-            raise ApiError("Invalid Argument Type [objects]", 400)
-        raw = args["objects"]
+        raw = {}
     objects: dict[str, list[str] | None] = {}
     for name, fields in raw.items():
-        if isinstance(fields, str):
-            fields = [f.strip() for f in fields.split(",") if f.strip()] or None
         if fields is not None and (not isinstance(fields, list)
                                    or not all(isinstance(f, str) for f in fields)):
             raise ApiError(f"Invalid argument for object '{name}': expected a list of "
@@ -64,7 +87,7 @@ def objects_subscribe(req: ApiRequest) -> dict[str, Any]:
             raise ApiError("No connection associated with subscription request", 400)
     elif conn is None:
         raise ApiError("Subscriptions need a persistent connection", 400)
-    return req.server.klippy.subscribe(_objects_arg(req), conn)
+    return req.server.klippy.subscribe(_objects_arg(req, required=False), conn)
 
 
 @klippy_endpoint("/printer/gcode/script")
@@ -72,7 +95,9 @@ def gcode_script(req: ApiRequest) -> str:
     """web_api.md "Run a gcode": ``ok`` once Klippy has executed it."""
     if "script" not in req.args:
         raise ApiError("Missing Argument [script]", 400)
-    script = req.args.get_str("script")
+    script = req.args["script"]
+    if not isinstance(script, str):
+        raise ApiError("Invalid Argument Type [script]", 400)
     req.server.data_store.record_command(script)
     req.server.klippy.request("gcode/script", {"script": script})
     return "ok"

@@ -28,12 +28,23 @@ def server_info(req: ApiRequest) -> dict[str, Any]:
     }
 
 
+#: The order of the reference's ``server.config`` sections (the order its
+#: components load); other sections follow in the order they were read.
+CONFIG_ORDER = ("server", "template", "secrets", "database", "dbus_manager", "file_manager",
+                "authorization", "klippy_apis", "machine", "shell_command", "data_store",
+                "proc_stats", "job_state", "job_queue", "history", "http_client",
+                "announcements", "webcam", "extensions")
+
+
 @blueprint.endpoint("/server/config", ["GET"])
 def server_config(req: ApiRequest) -> dict[str, Any]:
-    """server.md "Get Server Configuration": ``config`` (parsed, with
-    defaults), ``orig`` (as written) and ``files`` (sections per file)."""
+    """server.md "Get Server Configuration": ``config`` (every section in
+    force, written or not, with each option's parsed value or default),
+    ``orig`` (as written) and ``files`` (sections per file)."""
     cfg = req.server.config
-    return {"config": {k: dict(v) for k, v in cfg.parsed.items()},
+    rank = {name: i for i, name in enumerate(CONFIG_ORDER)}
+    names = sorted(cfg.parsed, key=lambda n: rank.get(n, len(rank)))
+    return {"config": {k: dict(cfg.parsed[k]) for k in names},
             "orig": cfg.orig(), "files": [dict(f) for f in cfg.files]}
 
 

@@ -7,9 +7,10 @@ added by API (stored in the database).  Each is fetched with requests from
 ``https://arksine.github.io/moonlight/assets/FEED.xml`` every 30 minutes
 (conditional GET); a feed that cannot be fetched or parsed is logged and
 retried next time, its entries kept.  With ``dev_mode: True`` the feeds are
-read from ``.devel/announcement_xml/FEED.xml`` beside the moonflask package
-instead (overridable for tests with ``MOONFLASK_DEVEL_PATH``; the feed URL
-with ``MOONFLASK_ANNOUNCEMENTS_URL``, ``{feed}`` being the feed name).
+read from ``DATA_PATH/development/announcements/FEED.xml`` instead, where
+Moonraker 0.11 reads them (the feed URL can be overridden for tests with
+``MOONFLASK_ANNOUNCEMENTS_URL``, ``{feed}`` being the feed name).
+``enable_moonlight: False`` fetches nothing (entries stay as they are).
 
 XML is parsed with defusedxml: entity declarations (billion laughs,
 external entities) and DTD tricks are refused.  Entries live in the
@@ -44,13 +45,10 @@ META_NS = "moonraker"
 FEEDS_KEY = "announcements.stored_feeds"
 
 
-def devel_path() -> str:
-    """Where dev_mode reads ``FEED.xml`` files."""
-    override = os.environ.get("MOONFLASK_DEVEL_PATH")
-    if override:
-        return override
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(repo, ".devel", "announcement_xml")
+def devel_path(data_path: str) -> str:
+    """Where dev_mode reads ``FEED.xml`` files:
+    ``DATA_PATH/development/announcements`` (Moonraker 0.11's location)."""
+    return os.path.join(data_path, "development", "announcements")
 
 
 class FeedError(Exception):
@@ -102,6 +100,8 @@ class Announcements:
 
     def __init__(self, server: Any, config: Any) -> None:
         self.server = server
+        self.enable_moonlight = bool(config.getboolean("enable_moonlight", True)) \
+            if config is not None else True
         self.dev_mode = bool(config.getboolean("dev_mode", False)) if config is not None else False
         subs = config.getlist("subscriptions", []) if config is not None else []
         self.config_feeds = list(DEFAULT_FEEDS)
@@ -112,8 +112,19 @@ class Announcements:
         self.entries_db = server.database.namespace(ENTRIES_NS)
         self.meta = server.database.namespace(META_NS)
         self.stored_feeds: list[str] = list(self.meta.get(FEEDS_KEY, None) or [])
-        self.entries: dict[str, dict[str, Any]] = {
-            k: v for k, v in self.entries_db.items() if isinstance(v, dict)}
+        self.entries: dict[str, dict[str, Any]] = {}
+        moved: list[str] = []
+        for key, entry in self.entries_db.items():
+            if not isinstance(entry, dict):
+                continue
+            entry_id = str(entry.get("entry_id") or key)
+            self.entries[entry_id] = entry
+            if key != entry_id:     # Moonraker keys its entries "000001", ...
+                moved.append(key)
+        if moved:                   # kept by entry_id here, dismissed state and all
+            self.entries_db.insert_batch({e["entry_id"]: e for e in self.entries.values()
+                                          if "entry_id" in e})
+            self.entries_db.delete_batch(moved)
         self._validators: dict[str, tuple[str | None, str | None]] = {}
         self._wakers: dict[str, gevent.Greenlet] = {}
         now = time.time()
@@ -143,12 +154,14 @@ class Announcements:
     def _fetch(self, feed: str) -> bytes | None:
         """The feed's XML, or None when unchanged (HTTP 304)."""
         if self.dev_mode:
-            path = os.path.join(devel_path(), f"{feed}.xml")
+            path = os.path.join(devel_path(self.server.data_path), f"{feed}.xml")
             try:
                 with open(path, "rb") as fh:
                     return fh.read(MAX_FEED_SIZE + 1)
             except OSError as err:
                 raise FeedError(f"cannot read {path}: {err.strerror}") from None
+        if not self.enable_moonlight:  # no fetch from moonlight: entries stay as they are
+            return None
         import requests  # ~8 MB: loaded on first use
         url = os.environ.get("MOONFLASK_ANNOUNCEMENTS_URL", FEED_URL).format(feed=feed)
         headers = {}

@@ -78,6 +78,13 @@ class History:
         self.totals.update(self.meta.get(TOTALS_KEY, None) or {})
         keys = [k for k in self.jobs.keys() if _is_job_id(k)]
         self.next_id = max((int(k, 16) for k in keys), default=0) + 1
+        # jobs imported from a Moonraker database carry no "exists" (Moonraker
+        # computes it when listing): add it once, kept current from then on
+        imported = {k: dict(j, exists=self._file_exists(str(j.get("filename") or "")))
+                    for k, j in self.jobs.items()
+                    if _is_job_id(k) and isinstance(j, dict) and "exists" not in j}
+        if imported:
+            self.jobs.insert_batch(imported)
         self.current: dict[str, Any] | None = None
         self._last_save = 0.0
         self._pending_user: tuple[str, Any] | None = None

@@ -10,8 +10,9 @@ the other.  ``queue_state`` is one of:
   ``job_transition_gcode`` before the next job;
 - ``starting``: sending the print start to Klippy;
 - ``paused``: nothing loads (initial state unless ``load_on_startup``; also
-  entered on a load error, a cancelled or failed print, and after each job
-  when ``automatic_transition`` is off).
+  entered on a load error, a cancelled or failed print, and once a job is
+  loaded when ``automatic_transition`` is off, its default).  Starting or
+  clearing an empty queue changes nothing.
 
 The queue and its state are saved in the database (namespace ``moonraker``,
 keys ``job_queue.queued_jobs`` / ``job_queue.queue_state``) and survive
@@ -52,7 +53,7 @@ class JobQueue:
         get = (lambda meth, key, default, **kw: getattr(config, meth)(key, default, **kw)) \
             if config is not None else (lambda meth, key, default, **kw: default)
         self.load_on_startup: bool = get("getboolean", "load_on_startup", False)
-        self.automatic_transition: bool = get("getboolean", "automatic_transition", True)
+        self.automatic_transition: bool = get("getboolean", "automatic_transition", False)
         self.transition_delay: float = get("getfloat", "job_transition_delay", 0.01, minval=0.0)
         self.transition_gcode: str = (get("get", "job_transition_gcode", "") or "").strip()
         self.db = getattr(server, "database", None)
@@ -154,7 +155,10 @@ class JobQueue:
         return self.status()
 
     def remove_jobs(self, job_ids: list[str] | None, all_jobs: bool) -> dict[str, Any]:
-        """Remove the given ids (unknown ids are ignored) or every job."""
+        """Remove the given ids (unknown ids are ignored) or every job; an
+        empty queue stays as it is, without notification (as the reference)."""
+        if not self.jobs:
+            return self.status()
         if all_jobs:
             self.jobs = []
         else:
@@ -183,8 +187,12 @@ class JobQueue:
 
     def start(self) -> dict[str, Any]:
         """Start the queue: load the next job now when the printer is idle,
-        else become ``ready`` for the next transition."""
-        if self.state in (LOADING, STARTING):
+        else become ``ready`` for the next transition.  An empty queue is
+        left as it is (a paused one stays ``paused``), without notification,
+        as the reference does (tests/reference/queue_start_empty_paused.json).
+
+        Returns: :meth:`status`."""
+        if self.state in (LOADING, STARTING) or not self.jobs:
             return self.status()
         if self.jobs and self._printer_idle():
             self._begin_load()
@@ -229,9 +237,11 @@ class JobQueue:
                 self.jobs.insert(0, job)
                 self._save()
                 raise
-            self.state = READY
+            # without automatic_transition the queue pauses once a job is
+            # loaded (spec: configuration.md [job_queue]; as the reference)
+            self.state = READY if self.automatic_transition else PAUSED
             if self.meta is not None:
-                self.meta.insert(STATE_KEY, READY)
+                self.meta.insert(STATE_KEY, self.state)
             self._notify("job_loaded", True)
         except ApiError as err:
             log.warning("job queue: loading the next job failed: %s", err.message)

@@ -6,7 +6,9 @@ Options of ``[octoprint_compat]``: ``enable_ufp`` (advertise the Ultimaker
 Format Package plugin so Cura uploads ``.ufp``), ``flip_h``, ``flip_v``,
 ``rotate_90``, ``stream_url``, ``webcam_enabled``.  Clients authenticate as
 OctoPrint clients do, with the ``X-Api-Key`` header (handled by the
-authorization policy).  Every route answers an unwrapped body.
+authorization policy).  Every route answers an unwrapped body.  Beyond the
+reference, ``POST /api/printer/tool`` and ``/api/printer/bed`` (OctoPrint's
+``target`` command, used by Home Assistant) set heater targets through Klippy.
 """
 from __future__ import annotations
 
@@ -80,6 +82,49 @@ class OctoPrintCompat:
                  "ready": text == "Operational",
                  "closedOrError": text in ("Error", "Offline")}
         return {"temperature": temps, "state": {"text": text, "flags": flags}}
+
+
+    # -- temperatures -------------------------------------------------------------
+    def heater_for(self, key: str, available: list[str]) -> str:
+        """Klipper's heater for OctoPrint's ``bed`` / ``toolN`` (the N-th
+        extruder: ``extruder``, ``extruder1``, ...), as ``GET /api/printer``
+        names them.  Raises: ApiError 400 for an unknown tool, 409 when the
+        printer has no such heater (OctoPrint's status for a missing bed)."""
+        if key == "bed":
+            if "heater_bed" not in available:
+                raise ApiError("The printer has no heated bed", 409)
+            return "heater_bed"
+        extruders = [n for n in available if n.startswith("extruder")]
+        if key.startswith("tool") and key[4:].isdigit() and int(key[4:]) < len(extruders):
+            return extruders[int(key[4:])]
+        raise ApiError(f"Invalid tool: {key!r} (this printer has "
+                       f"{', '.join(f'tool{i}' for i in range(len(extruders))) or 'none'})", 400)
+
+    def set_targets(self, targets: dict[str, Any]) -> None:
+        """Set heater targets (``POST /api/printer/tool|bed``, OctoPrint's
+        ``target`` command) with ``SET_HEATER_TEMPERATURE``, one script.
+
+        Args:
+            targets: ``{"bed" | "toolN": degrees Celsius}``, each a number >= 0.
+        Raises: ApiError 400 (bad key or value, or Klippy refuses the
+            temperature, with its message), 409 (printer not operational or
+            heater missing), 503 (Klippy not connected).  Every key and
+            value is checked before anything is sent to Klippy.
+        """
+        for key, value in targets.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or value != value or value < 0:
+                raise ApiError(f"Invalid target for {key}: {value!r} (expected a number of "
+                               "degrees >= 0)", 400)
+        klippy = self.server.klippy
+        if klippy.state != "ready":
+            raise ApiError("Printer is not operational", 409)
+        status = klippy.request("objects/query", {"objects": {"heaters": ["available_heaters"]}},
+                                timeout=5.0).get("status", {})
+        available = (status.get("heaters") or {}).get("available_heaters") or []
+        lines = [f"SET_HEATER_TEMPERATURE HEATER={self.heater_for(key, available)} "
+                 f"TARGET={float(value):g}" for key, value in targets.items()]
+        klippy.request("gcode/script", {"script": "\n".join(lines)})
 
 
 def load_component(server: Any, config: Any) -> OctoPrintCompat:

@@ -3,9 +3,15 @@ Spec: web_api.md "Webcam APIs", "Appendix / Webcams changed event".
 
 Configured webcams (``source: config``) are read-only; webcams added by
 clients (``source: database``) live in the database namespace ``webcams``
-keyed by name.  Every webcam has a ``uid`` (config webcams: a stable
-UUID5 derived from the data path and the name; others: a random UUID4).
-Names are unique across both sources.
+as Moonraker 0.11 stores them: keyed by ``uid``, with Moonraker's own field
+names (``urlStream``, ``urlSnapshot``, ``flipX``, ``flipY``, ``targetFps``,
+``targetFpsIdle``, ``aspectRatio``, ...; see :data:`DB_FIELDS`), so a
+``printer_data`` switched from Moonraker keeps its webcams and a moonflask
+backup restored by Moonraker keeps them too.  Records of older moonflask
+versions (keyed by name, API field names) are read as well and rewritten in
+Moonraker's form when next changed.  Every webcam has a ``uid`` (config
+webcams: a stable UUID5 derived from the data path and the name; others: a
+random UUID4).  Names are unique across both sources.
 """
 from __future__ import annotations
 
@@ -32,6 +38,50 @@ BOOL_FIELDS = ("enabled", "flip_horizontal", "flip_vertical")
 INT_FIELDS = ("target_fps", "target_fps_idle", "rotation")
 STR_FIELDS = ("icon", "aspect_ratio", "location", "service", "stream_url", "snapshot_url")
 TEST_TIMEOUT = 4.0  # seconds for the snapshot reachability test
+#: API field -> Moonraker 0.11's field in the database record (its order).
+DB_FIELDS = {"service": "service", "target_fps": "targetFps", "stream_url": "urlStream",
+             "snapshot_url": "urlSnapshot", "flip_horizontal": "flipX",
+             "flip_vertical": "flipY", "enabled": "enabled",
+             "target_fps_idle": "targetFpsIdle", "aspect_ratio": "aspectRatio",
+             "icon": "icon", "location": "location", "rotation": "rotation"}
+
+
+def from_db(key: str, rec: Any) -> dict[str, Any] | None:
+    """A database record of namespace ``webcams`` as an API webcam.
+
+    Args:
+        key: the record's key: the uid (Moonraker's form, ``name`` in the
+            record) or the name (older moonflask records, ``stream_url`` and
+            ``uid`` in the record).
+        rec: the stored value.
+    Returns: ``{"name", FIELDS..., "source": "database", "extra_data",
+        "uid", "_key"}`` (``_key``: where it is stored), or None when ``rec``
+        is not a webcam.
+    """
+    if not isinstance(rec, dict):
+        return None
+    cam: dict[str, Any] = {}
+    if "stream_url" in rec and "urlStream" not in rec:        # older moonflask record
+        cam.update({k: rec.get(k, d) for k, d in FIELDS.items()})
+        cam["name"] = key
+        cam["uid"] = str(rec.get("uid") or uuid.uuid5(uuid.NAMESPACE_URL, f"webcam:{key}"))
+    else:                                                     # Moonraker's record
+        cam.update({api: rec.get(db, FIELDS[api]) for api, db in DB_FIELDS.items()})
+        cam["name"] = str(rec.get("name") or key)
+        cam["uid"] = key
+    cam["source"] = "database"
+    cam["extra_data"] = rec.get("extra_data") if isinstance(rec.get("extra_data"), dict) else {}
+    cam["_key"] = key
+    return cam
+
+
+def to_db(cam: dict[str, Any]) -> dict[str, Any]:
+    """An API webcam as Moonraker 0.11 stores it (``{"name", "service",
+    "targetFps", "urlStream", ...,  "extra_data"}``, keyed by its uid)."""
+    rec: dict[str, Any] = {"name": cam["name"]}
+    rec.update({db: cam[api] for api, db in DB_FIELDS.items()})
+    rec["extra_data"] = cam.get("extra_data") or {}
+    return rec
 
 
 def _ordered(cam: dict[str, Any]) -> dict[str, Any]:
@@ -88,16 +138,17 @@ class Webcams:
             cam["uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL,
                                         f"moonflask:{server.data_path}:webcam:{name}"))
             self.config_cams[name] = cam
-        self.db = server.database.namespace(DB_NS)
+        # created by the first webcam added, as the reference does
+        self.db = server.database.namespace(DB_NS, create=False)
 
     # -- lookups ----------------------------------------------------------
     def _db_cams(self) -> dict[str, dict[str, Any]]:
+        """The database's webcams by name (see :func:`from_db`)."""
         out = {}
-        for name, cam in self.db.items():
-            if isinstance(cam, dict) and name not in self.config_cams:
-                cam = dict(cam, name=name, source="database")
-                cam.setdefault("uid", str(uuid.uuid4()))
-                out[name] = cam
+        for key, rec in self.db.items():
+            cam = from_db(key, rec)
+            if cam is not None and cam["name"] not in self.config_cams:
+                out[cam["name"]] = cam
         return out
 
     def list(self) -> list[dict[str, Any]]:
@@ -112,17 +163,28 @@ class Webcams:
         Raises: ApiError 400 without either, 404 when not found.
         """
         cams = list(self.config_cams.values()) + list(self._db_cams().values())
+        found = self._find(cams, uid, name)
+        return _ordered(found)
+
+    @staticmethod
+    def _find(cams: list[dict[str, Any]], uid: str | None,
+              name: str | None) -> dict[str, Any]:
         if uid is not None:
             for cam in cams:
                 if cam["uid"] == uid:
-                    return _ordered(cam)
+                    return cam
             raise ApiError(f"Webcam with UID {uid} not found", 404)
         if name is None:
             raise ApiError("No data for argument: name", 400)
         for cam in cams:
             if cam["name"] == name:
-                return _ordered(cam)
+                return cam
         raise ApiError(f"Webcam {name} not found", 404)
+
+    def _stored_key(self, cam: dict[str, Any]) -> str | None:
+        """Where the database webcam ``cam`` is stored (None: nowhere)."""
+        found = self._db_cams().get(cam["name"])
+        return found["_key"] if found is not None and found["uid"] == cam["uid"] else None
 
     def _notify(self) -> None:
         self.server.events.notify("notify_webcams_changed", [{"webcams": self.list()}])
@@ -170,10 +232,11 @@ class Webcams:
         cam["extra_data"] = args.get_dict("extra_data", cam.get("extra_data") or {})
         if cam["rotation"] not in ROTATIONS:
             raise ApiError(f"Invalid value for 'rotation': {cam['rotation']}", 400)
-        stored = {k: v for k, v in _ordered(cam).items() if k not in ("name", "source")}
-        if existing is not None and old_name != cam["name"]:
-            self.db.pop(old_name, None)
-        self.db.insert(cam["name"], stored)
+        if existing is not None:
+            key = self._stored_key(dict(existing, name=old_name))
+            if key is not None and key != cam["uid"]:   # an older moonflask record
+                self.db.pop(key, None)
+        self.db.insert(cam["uid"], to_db(cam))
         self._notify()
         return _ordered(cam)
 
@@ -183,7 +246,9 @@ class Webcams:
         if cam["source"] == "config":
             raise ApiError(f"Cannot delete webcam '{cam['name']}' sourced from "
                            "Moonraker configuration", 400)
-        self.db.pop(cam["name"], None)
+        key = self._stored_key(cam)
+        if key is not None:
+            self.db.pop(key, None)
         self._notify()
         return cam
 

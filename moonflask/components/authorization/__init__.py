@@ -37,6 +37,9 @@ It implements Moonraker's rules:
 - JWTs are HS256, signed with a per-user random secret (``jwt_secret``), so a
   token signed with another user's secret, or a deleted or logged-out user's
   token, fails.  Access tokens live 1 h, refresh tokens ``login_timeout`` days;
+  the EdDSA tokens Moonraker 0.11 issued (an imported user's ``jwt_secret`` is
+  its Ed25519 seed) stay valid until they expire (``ed25519.py``), so a
+  switch from Moonraker logs nobody out;
 - repeated failed logins from one address are slowed down (exponential delay,
   per address, capped at ``MAX_LOGIN_DELAY`` seconds);
 - login source ``ldap`` through ldap3 when an ``[ldap]`` section exists.
@@ -62,6 +65,7 @@ import gevent.lock
 import jwt
 
 from ...api import ApiError, UNIX, INTERNAL
+from .ed25519 import decode_moonraker_jwt
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,14 @@ CORS_ALLOW_HEADERS = ("Origin, Accept, Content-Type, X-Requested-With, X-CRSF-To
                       "Authorization, X-Access-Token, X-Api-Key")
 
 UNAUTHORIZED = "Unauthorized"
+
+
+def _jwt_alg(token: str) -> str | None:
+    """The ``alg`` of ``token``'s (unverified) header, or None."""
+    try:
+        return jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError:
+        return None
 
 
 def _unauthorized(message: str = UNAUTHORIZED) -> ApiError:
@@ -409,6 +421,14 @@ class Authorization:
         secret = record.get("jwt_secret")
         if not secret:
             raise _unauthorized("Invalid JWT: user logged out")
+        if _jwt_alg(token) == "EdDSA":     # issued by Moonraker before a switch
+            try:
+                claims = decode_moonraker_jwt(token, secret, JWT_AUDIENCE)
+            except ValueError as err:
+                raise _unauthorized(f"Invalid JWT: {err}") from None
+            if claims.get("username") != username or claims.get("token_type") != token_type:
+                raise _unauthorized(f"JWT is not a {token_type} token")
+            return record
         try:
             claims = jwt.decode(token, secret, algorithms=[JWT_ALGORITHM],
                                 audience=JWT_AUDIENCE,

@@ -6,12 +6,19 @@ Spec: web_api.md "Database APIs", "Debug APIs" (database part).
 component stores its state through it) and, on the first start with an empty
 database, imports a Moonraker database (``moonraker-sql.db``) found there.
 
-Client rules (as Moonraker 0.11.0 answers them):
-- ``moonraker``, ``gcode_metadata``, ``history`` and ``announcements`` are
-  readable but not writable: 403 "Write access to namespace 'NS' is forbidden";
-- forbidden namespaces (``authorized_users``: credentials) are not listed,
-  and 403 "Read/Write access to namespace 'NS' is forbidden" otherwise
+Client rules (as Moonraker 0.11.0 answers them, tests/reference/dbns_*.json):
+- ``moonraker``, ``gcode_metadata``, ``announcements`` (and ``update_manager``
+  when ``[update_manager]`` is configured) are readable but not writable:
+  403 "Write access to namespace 'NS' is forbidden";
+- ``database`` is refused: 403 "Read/Write access to namespace 'NS' is
+  forbidden";
+- moonflask's own stores of what Moonraker keeps in SQL tables
+  (``authorized_users``: credentials, ``history``: jobs) do not exist for
+  clients: not listed, 404 "Namespace NS not found" (-32601) on any access
   (the rules live in ``Database.check_client_access``);
+- a fresh database holds only what the reference's holds
+  (``moonraker``, ``gcode_metadata``, ``announcements``); the others
+  (``webcams``, a front end's) appear on their first write;
 - keys are dotted strings or arrays (items converted to strings), so keys
   containing dots are reachable; an empty key is 400 "Invalid Key Format: ''",
   a key of another type 400 "Value for argument 'key' is an invalid type: T";
@@ -50,8 +57,16 @@ def load_component(server: Any, section: Any) -> DatabaseComponent:
     Raises: ``DatabaseLocked`` / ``lmdb.Error`` when the store cannot be opened.
     """
     from .store import Database
+    if section is not None:
+        # Moonraker 0.11's options, read so server.config lists them: the
+        # folder is DATA_PATH/database whatever database_path says (spec:
+        # configuration.md [database]); the debug endpoints need -g.
+        section.get("database_path", None)
+        section.getboolean("enable_database_debug", False)
     db = Database(os.path.join(server.data_path, "database"), import_moonraker=True)
     if db.imported:
         log.info("database: imported Moonraker database: %s", db.imported)
+    if server.config.has_section("update_manager"):
+        db.protect_namespace("update_manager")
     server.database = db
     return DatabaseComponent(server, db)

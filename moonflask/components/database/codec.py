@@ -18,14 +18,17 @@ MOONRAKER_DB_FILE = "moonraker-sql.db"
 BACKUP_SUBDIR = os.path.join("backup", "database")
 LOCK_FILE = "moonflask.lock"
 
-#: Readable, not writable, by clients (Moonraker 0.11 protects
-#: announcements, gcode_metadata, moonraker and, with [update_manager],
-#: update_manager; the spec also reserves history).
-PROTECTED_NAMESPACES = frozenset({"moonraker", "gcode_metadata", "history", "announcements",
-                                  "update_manager"})
-#: Invisible to clients (Moonraker 0.11 forbids "database"; moonflask keeps
-#: its credentials in "authorized_users").
-FORBIDDEN_NAMESPACES = frozenset({"database", "authorized_users"})
+#: Readable, not writable, by clients: what Moonraker 0.11 refuses to write
+#: (observed: tests/reference/dbns_*.json); ``update_manager`` joins them
+#: when ``[update_manager]`` is configured, as with the reference.
+PROTECTED_NAMESPACES = frozenset({"moonraker", "gcode_metadata", "announcements"})
+#: Refused to clients, read or write, with a 403 (as Moonraker 0.11 refuses
+#: its own bookkeeping namespace).
+FORBIDDEN_NAMESPACES = frozenset({"database"})
+#: moonflask's own stores of what Moonraker 0.11 keeps in SQL tables
+#: (credentials, job history): clients see no such namespace, they are
+#: not listed and every access is 404 "Namespace NS not found".
+HIDDEN_NAMESPACES = frozenset({"authorized_users", "history"})
 #: Namespaces whose keys are file paths, usernames, ids...: the
 #: :class:`Namespace` wrapper does not split their string keys on dots
 #: unless asked to (``parse_keys=True``).

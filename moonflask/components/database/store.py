@@ -55,7 +55,8 @@ import lmdb
 
 from ...api import ApiError, disk_full_error, is_disk_full
 from .backup import BackupMixin
-from .codec import (DEFAULT_MAX_DBS, FORBIDDEN_NAMESPACES, LITERAL_KEY_NAMESPACES, LOCK_FILE,
+from .codec import (DEFAULT_MAX_DBS, FORBIDDEN_NAMESPACES, HIDDEN_NAMESPACES,
+                    LITERAL_KEY_NAMESPACES, LOCK_FILE,
                     MAX_MAX_DBS, MOONRAKER_DB_FILE, PROTECTED_NAMESPACES, SCHEMA_VERSION,
                     _META_DB, _MISSING, _NS_PREFIX, _check_value, _db_key, _default_map_size,
                     _dumps, _enc_str, _is_long, _loads, _nested_parent, _not_found, _ns_dbname,
@@ -170,6 +171,7 @@ class Database(BackupMixin):
         self._registered: set[str] = set()
         self._protected: set[str] = set(PROTECTED_NAMESPACES)
         self._forbidden: set[str] = set(FORBIDDEN_NAMESPACES)
+        self._hidden: set[str] = set(HIDDEN_NAMESPACES)
         self._wrappers: dict[tuple[str, bool], Namespace] = {}
         data_file = os.path.join(self.path, "data.mdb")
         size = os.path.getsize(data_file) if os.path.exists(data_file) else 0
@@ -450,7 +452,7 @@ class Database(BackupMixin):
         """The namespaces, in byte order of their names.
 
         Args:
-            client: leave out the forbidden namespaces (what
+            client: leave out the forbidden and hidden namespaces (what
                 ``server.database.list`` shows).
         Returns:
             ``["fluidd", "moonraker", ...]``
@@ -458,7 +460,7 @@ class Database(BackupMixin):
         with self._begin() as txn:
             names = self._list(txn)
         if client:
-            names = [n for n in names if n not in self._forbidden]
+            names = [n for n in names if n not in self._forbidden and n not in self._hidden]
         return names
 
     def has_namespace(self, namespace: str) -> bool:
@@ -466,7 +468,7 @@ class Database(BackupMixin):
         return self._read_dbi(_ns_dbname(namespace)) is not None
 
     def register_namespace(self, namespace: str, *, protected: bool = False,
-                           forbidden: bool = False) -> None:
+                           forbidden: bool = False, create: bool = True) -> None:
         """Create ``namespace`` if absent and keep it even when emptied (as
         Moonraker keeps the namespaces its components register, listed with
         an empty value).
@@ -474,6 +476,8 @@ class Database(BackupMixin):
         Args:
             protected: clients may read, not write it.
             forbidden: clients may neither read nor write nor list it.
+            create: False leaves it absent until its first write (as the
+                reference creates ``webcams`` when the first one is added).
         """
         name = _ns_dbname(namespace)
         self._registered.add(namespace)
@@ -481,12 +485,18 @@ class Database(BackupMixin):
             self._protected.add(namespace)
         if forbidden:
             self._forbidden.add(namespace)
-        if self.readonly or self._read_dbi(name) is not None:
+        if not create or self.readonly or self._read_dbi(name) is not None:
             return
         self._write(lambda t: t.dbi(name, create=True))
 
+    def protect_namespace(self, namespace: str) -> None:
+        """Make ``namespace`` readable, not writable, by clients (without
+        creating it)."""
+        self._protected.add(namespace)
+
     def namespace(self, namespace: str, parse_keys: bool | None = None, *,
-                  protected: bool = False, forbidden: bool = False) -> "Namespace":
+                  protected: bool = False, forbidden: bool = False,
+                  create: bool = True) -> "Namespace":
         """A :class:`Namespace` wrapper for a component; registers the
         namespace (see :meth:`register_namespace`).
 
@@ -497,7 +507,8 @@ class Database(BackupMixin):
         """
         if parse_keys is None:
             parse_keys = namespace not in LITERAL_KEY_NAMESPACES
-        self.register_namespace(namespace, protected=protected, forbidden=forbidden)
+        self.register_namespace(namespace, protected=protected, forbidden=forbidden,
+                                create=create)
         w = self._wrappers.get((namespace, parse_keys))
         if w is None:
             w = self._wrappers[(namespace, parse_keys)] = Namespace(self, namespace, parse_keys)
@@ -509,11 +520,14 @@ class Database(BackupMixin):
         answers 403 even when the key is missing or malformed).
 
         Raises:
+            ApiError(404, "Namespace X not found"): hidden namespace (any verb).
             ApiError(403, "Read/Write access to namespace 'X' is forbidden"):
                 forbidden namespace (read or write).
             ApiError(403, "Write access to namespace 'X' is forbidden"):
                 protected namespace and ``write``.
         """
+        if namespace in self._hidden:
+            raise ApiError(f"Namespace {namespace} not found", 404)
         if namespace in self._forbidden:
             raise ApiError(f"Read/Write access to namespace '{namespace}' is forbidden", 403)
         if write and namespace in self._protected:
@@ -525,7 +539,7 @@ class Database(BackupMixin):
 
     def is_forbidden(self, namespace: str) -> bool:
         """True when clients may not see ``namespace`` at all."""
-        return namespace in self._forbidden
+        return namespace in self._forbidden or namespace in self._hidden
 
     # -- items ------------------------------------------------------------------------
     def get_item(self, namespace: str, key: Any = None, default: Any = _MISSING) -> Any:
