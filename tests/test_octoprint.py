@@ -132,7 +132,9 @@ def test_version_probe_and_stubs(srv):
     assert msg["params"] == ["// from octo"]
 
 
-HDR = {"X-Api-Key": "0123456789ABCDEF"}
+def _hdr(server) -> dict:
+    """What a slicer or Home Assistant sends: the server's API key."""
+    return {"X-Api-Key": server.result("GET", "/access/api_key")}
 
 
 def targets(srv) -> tuple[float, float]:
@@ -144,14 +146,14 @@ def targets(srv) -> tuple[float, float]:
 def test_printer_command_single_command(srv):
     """Issue 10 item 10: OctoPrint's single ``command`` as well as ``commands``."""
     ws = srv.ws()
-    r = srv.post("/api/printer/command", headers=HDR, json={"command": "M118 single octo"})
+    r = srv.post("/api/printer/command", headers=_hdr(srv), json={"command": "M118 single octo"})
     assert r.status_code == 200 and r.json() == {}
     msg = ws.wait_notification("notify_gcode_response",
                                predicate=lambda m: "single octo" in m["params"][0])
     assert msg["params"] == ["// single octo"]
     for body, word in (({}, "command"), ({"commands": [1]}, "commands"),
                        ({"command": {"x": 1}}, "commands"), ({"script": "beforePrint"}, "script")):
-        r = srv.post("/api/printer/command", headers=HDR, json=body)
+        r = srv.post("/api/printer/command", headers=_hdr(srv), json=body)
         assert r.status_code == 400, body
         assert word in r.json()["error"]["message"]
 
@@ -162,13 +164,13 @@ def test_tool_and_bed_targets_through_klippy(srv):
     requests change nothing."""
     assert targets(srv) == (0.0, 0.0)
     try:
-        r = srv.post("/api/printer/tool", headers=HDR,
+        r = srv.post("/api/printer/tool", headers=_hdr(srv),
                      json={"command": "target", "targets": {"tool0": 200}})
         assert (r.status_code, r.content) == (204, b"")
-        r = srv.post("/api/printer/bed", headers=HDR, json={"command": "target", "target": 60.5})
+        r = srv.post("/api/printer/bed", headers=_hdr(srv), json={"command": "target", "target": 60.5})
         assert (r.status_code, r.content) == (204, b"")
         assert targets(srv) == (200.0, 60.5)
-        got = srv.get("/api/printer", headers=HDR).json()["temperature"]
+        got = srv.get("/api/printer", headers=_hdr(srv)).json()["temperature"]
         assert (got["tool0"]["target"], got["bed"]["target"]) == (200.0, 60.5)
         for path, body, status, word in (
                 ("tool", {"command": "target", "targets": {"tool1": 100}}, 400, "tool1"),
@@ -182,14 +184,14 @@ def test_tool_and_bed_targets_through_klippy(srv):
                 ("bed", {"command": "target"}, 400, "target"),
                 ("bed", {"target": 50}, 400, "None"),
                 ("tool", {"command": "target", "targets": {"tool0": 900}}, 400, "out of range")):
-            r = srv.post(f"/api/printer/{path}", headers=HDR, json=body)
+            r = srv.post(f"/api/printer/{path}", headers=_hdr(srv), json=body)
             assert r.status_code == status, (body, r.text)
             assert word in r.json()["error"]["message"], (body, r.text)
         assert targets(srv) == (200.0, 60.5)
     finally:
-        srv.post("/api/printer/tool", headers=HDR,
+        srv.post("/api/printer/tool", headers=_hdr(srv),
                  json={"command": "target", "targets": {"tool0": 0}})
-        srv.post("/api/printer/bed", headers=HDR, json={"command": "target", "target": 0})
+        srv.post("/api/printer/bed", headers=_hdr(srv), json={"command": "target", "target": 0})
     assert targets(srv) == (0.0, 0.0)
 
 
@@ -199,11 +201,11 @@ def test_tool_target_without_klippy_is_409(tmp_root):
     away = Moonflask(data, os.path.join(data, "no-klippy.sock"), config="[octoprint_compat]\n")
     away.start()
     try:
-        r = away.post("/api/printer/tool", headers=HDR,
+        r = away.post("/api/printer/tool", headers=_hdr(away),
                       json={"command": "target", "targets": {"tool0": 200}})
         assert (r.status_code, r.json()["error"]["message"]) == (
             409, "Printer is not operational")
-        r = away.post("/api/printer/bed", headers=HDR, json={"command": "target", "target": "x"})
+        r = away.post("/api/printer/bed", headers=_hdr(away), json={"command": "target", "target": "x"})
         assert r.status_code == 400
     finally:
         away.stop()
