@@ -57,6 +57,7 @@ OPTIONAL_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "extensions": ("moonflask.extensions", None),
     "notifier": ("moonflask.notifiers", None),
     "octoprint_compat": ("moonflask.octoprint", "octoprint_compat"),
+    "update_manager": ("moonflask.components.update_manager", "update_manager"),
 }
 
 DATA_DIRS = ("config", "logs", "gcodes", "database", "comms")

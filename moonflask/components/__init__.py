@@ -1,0 +1,1 @@
+"""Components: state and logic per moonraker.conf section, under Moonraker's names."""

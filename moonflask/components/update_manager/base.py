@@ -1,0 +1,124 @@
+"""What every updater type shares: the progress reporter that streams
+``notify_update_response``, the error type, and the common options.
+
+Spec: update_manager.md "Get update status" (the fields every status object
+carries), web_api.md "Update Manager Response".
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("stable", "beta", "dev")
+
+
+class UpdateError(Exception):
+    """An update step failed; the message is sent to the client as the
+    final ``notify_update_response`` and as the request's error (500)."""
+
+
+class Reporter:
+    """Streams the progress of one update request.
+
+    Args:
+        server: the Server (``events.notify``).
+        application: the name reported as ``application`` (changes as
+            ``full`` walks through its updaters).
+    Attributes:
+        proc_id: the id of this update request, unique per request.
+        messages: every message sent, in order (``(application, message,
+            complete)``).
+    """
+
+    def __init__(self, server: Any, application: str) -> None:
+        self.server = server
+        self.application = application
+        self.proc_id = random.randint(10**11, 10**15)
+        self.messages: list[tuple[str, str, bool]] = []
+
+    def __call__(self, message: str, complete: bool = False) -> None:
+        """Log ``message`` and send it as one ``notify_update_response``."""
+        message = message.rstrip()
+        if not message:
+            return
+        log.info("update %s: %s", self.application, message)
+        self.messages.append((self.application, message, complete))
+        self.server.events.notify("notify_update_response", [{
+            "message": message, "application": self.application,
+            "proc_id": self.proc_id, "complete": complete}])
+
+
+class BaseUpdater:
+    """The interface of every updater type and its common options.
+
+    Args:
+        manager: the :class:`UpdateManager`.
+        name: the updater's name (``moonraker``, ``klipper``, the NAME of
+            ``[update_manager NAME]``).
+        section: its ConfigSection, or None for the built-in entries.
+        default_channel: the channel when the section names none.
+    Raises:
+        ConfigError: an invalid ``channel``.
+    """
+
+    configured_type = "none"
+
+    def __init__(self, manager: Any, name: str, section: Any,
+                 default_channel: str = "dev") -> None:
+        self.manager = manager
+        self.server = manager.server
+        self.name = name
+        self.section = section
+        get = (section.get if section is not None else (lambda _o, d=None: d))
+        self.channel = (get("channel", default_channel) or default_channel).lower()
+        self.channel_invalid = self.channel not in CHANNELS
+        self.info_tags: list[str] = (section.getlist("info_tags", [])
+                                     if section is not None else [])
+        self.refresh_interval = (section.getint("refresh_interval", manager.refresh_interval,
+                                                minval=1)
+                                 if section is not None else manager.refresh_interval)
+        self.report_anomalies = (section.getboolean("report_anomalies", True)
+                                 if section is not None else True)
+        self.last_refresh = float(manager.journal.get(name).get("last_refresh", 0.0))
+
+    # -- interface ----------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read the local state and the remote's (network); never raises
+        for a broken install, records the problem in the status instead."""
+
+    def status(self) -> dict[str, Any]:
+        """The status object of update_manager.md (one ``version_info`` entry)."""
+        return {"name": self.name, "configured_type": self.configured_type}
+
+    def upgrade(self, rep: Reporter) -> str:
+        """Update to the remote version; returns the final message.
+        Raises UpdateError."""
+        raise UpdateError(f"{self.name}: upgrade is not supported")
+
+    def rollback(self, rep: Reporter) -> str:
+        """Return to ``rollback_version``; returns the final message.
+        Raises UpdateError."""
+        raise UpdateError(f"{self.name}: rollback is not supported")
+
+    def recover(self, rep: Reporter, hard: bool) -> str:
+        """Repair a broken install; returns the final message.
+        Raises UpdateError."""
+        raise UpdateError(f"{self.name}: recovery is not supported")
+
+    def resume(self, rec: dict[str, Any]) -> str:
+        """Finish or undo the update that ``rec`` (a journal record found at
+        start) describes.  Returns what was done, for the log and status."""
+        return "nothing to resume"
+
+    def needs_refresh(self, now: float) -> bool:
+        """True when ``refresh_interval`` hours passed since the last refresh."""
+        return now - self.last_refresh >= self.refresh_interval * 3600
+
+    def mark_refreshed(self) -> None:
+        """Remember the refresh time across restarts."""
+        self.last_refresh = time.time()
+        self.manager.journal.put(self.name, last_refresh=self.last_refresh)

@@ -1,0 +1,251 @@
+"""The update manager's git_repo type against real git repositories: a bare
+"origin" made here with tagged releases, cloned as the managed repo; new
+commits and tags pushed to it, refreshed, upgraded to, rolled back from; the
+dirty, detached, wrong-remote, pinned and corrupt cases; the channels; and
+the shapes recorded from the real Moonraker 0.11.0
+(scripts/capture_update_manager.py)."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from helpers import REPO
+from shapes import reference, shape_diff
+from um_helpers import (Origin, ext_section, fsck_clean, git, head, releases, status,
+                        um_config, update_messages, wait_initialized)
+
+
+@pytest.fixture
+def base(tmp_root, request):
+    """A fresh folder for the test's repos and data."""
+    path = os.path.join(tmp_root, "um", request.node.name[:40])
+    os.makedirs(path)
+    return path
+
+
+@pytest.fixture
+def serve(start_server, base):
+    """``serve(config)``: a moonflask on a fresh data folder, update manager
+    initialised."""
+    def factory(config: str, **kw):
+        srv = start_server(config=config, data_path=os.path.join(base, "data"), **kw)
+        wait_initialized(srv)
+        return srv
+    return factory
+
+
+def test_status_shape_upgrade_rollback(serve, base):
+    origin, tags = releases(os.path.join(base, "o"))
+    path = origin.clone(os.path.join(base, "myext"), at="v0.1.0")
+    srv = serve(um_config(ext_section("myext", path, origin.url,
+                                      "info_tags:\n  desc=My Extension")))
+    res = srv.result("GET", "/machine/update/status")
+    ref = reference("update_manager_http_status")["body"]["result"]
+    assert shape_diff({k: v for k, v in ref.items() if k != "version_info"},
+                      {k: v for k, v in res.items() if k != "version_info"}) == []
+    ours = res["version_info"]["myext"]
+    assert shape_diff(ref["version_info"]["myext"], ours) == []
+    assert list(ours) == list(ref["version_info"]["myext"])  # the reference's key order
+    assert ours["version"] == "v0.1.0-0" and ours["remote_version"] == "v0.3.0-beta.1-1"
+    assert ours["current_hash"] == tags["v0.1.0"] and ours["remote_hash"] == tags["dev"]
+    assert ours["commits_behind_count"] == 3 and ours["is_valid"] and ours["pristine"]
+    assert [c["tag"] for c in ours["commits_behind"]] == [None, "v0.3.0-beta.1", "v0.2.0"]
+    assert ours["commits_behind"][0]["message"] == "Body of change 4."
+    assert ours["info_tags"] == ["desc=My Extension"] and ours["rollback_version"] == "v0.1.0-0"
+    assert ours["full_version_string"] == f"v0.1.0-0-g{tags['v0.1.0'][:8]}"
+
+    ws = srv.ws()
+    assert ws.call("machine.update.upgrade", {"name": "myext"}, timeout=60) == "ok"
+    msgs = update_messages(ws)
+    assert [m["message"] for m in msgs[:2]] == ["Updating Application myext...",
+                                                "Git Repo myext: Updating Repo..."]
+    assert "Fast-forward" in [m["message"] for m in msgs]
+    assert msgs[-1] == {"message": "Git Repo myext: Update Finished...", "application": "myext",
+                        "proc_id": msgs[0]["proc_id"], "complete": True}
+    assert all(not m["complete"] for m in msgs[:-1])
+    assert len({m["proc_id"] for m in msgs}) == 1
+    assert head(path) == tags["dev"]
+    st = status(srv, "myext")
+    assert (st["version"], st["rollback_version"], st["commits_behind"]) == \
+        ("v0.3.0-beta.1-1", "v0.1.0-0", [])
+    ref_after = reference("update_manager_http_status_after_upgrade")["body"]["result"]
+    assert shape_diff(ref_after["version_info"]["myext"], st) == []
+
+    assert srv.result("POST", "/machine/update/rollback", json={"name": "myext"}) == "ok"
+    assert head(path) == tags["v0.1.0"]
+    st = status(srv, "myext")
+    assert st["version"] == "v0.1.0-0" and st["commits_behind_count"] == 3
+    assert fsck_clean(path)
+
+
+def test_refresh_lists_pushed_commits_and_tags(serve, base):
+    origin, tags = releases(os.path.join(base, "o"))
+    path = origin.clone(os.path.join(base, "ext"), at=tags["dev"])
+    srv = serve(um_config(ext_section("ext", path, origin.url)))
+    assert status(srv, "ext")["commits_behind"] == []
+    new1 = origin.commit()
+    new2 = origin.commit(tag="v0.3.0")
+    ws = srv.ws()
+    res = ws.call("machine.update.refresh", {"name": "ext"}, timeout=30)
+    note = ws.wait_notification("notify_update_refreshed")
+    assert note["params"][0]["version_info"]["ext"]["remote_hash"] == new2
+    st = res["version_info"]["ext"]
+    assert [(c["sha"], c["tag"]) for c in st["commits_behind"]] == [(new2, "v0.3.0"),
+                                                                   (new1, None)]
+    assert st["remote_version"] == "v0.3.0-0" and st["commits_behind_count"] == 2
+    # refresh of everything (no name) also works
+    assert srv.result("POST", "/machine/update/refresh")["version_info"]["ext"][
+        "remote_hash"] == new2
+    assert srv.result("POST", "/machine/update/upgrade", json={"name": "ext"},
+                      timeout=60) == "ok"
+    assert head(path) == new2 and status(srv, "ext")["version"] == "v0.3.0-0"
+
+
+def test_channels(serve, base):
+    origin, tags = releases(os.path.join(base, "o"))
+    paths = {ch: origin.clone(os.path.join(base, ch), at="v0.1.0")
+             for ch in ("stable", "beta", "dev")}
+    srv = serve(um_config(*(ext_section(f"app_{ch}", p, origin.url, f"channel: {ch}")
+                            for ch, p in paths.items())))
+    vi = status(srv)["version_info"]
+    assert vi["app_stable"]["remote_version"] == "v0.2.0-0"
+    assert vi["app_stable"]["remote_hash"] == tags["v0.2.0"]
+    assert vi["app_beta"]["remote_version"] == "v0.3.0-beta.1-0"
+    assert vi["app_dev"]["remote_version"] == "v0.3.0-beta.1-1"
+    assert vi["app_stable"]["channel"] == "stable"
+    for ch, want in (("stable", "v0.2.0"), ("beta", "v0.3.0-beta.1"), ("dev", "dev")):
+        assert srv.result("POST", "/machine/update/upgrade", json={"name": f"app_{ch}"},
+                          timeout=60) == "ok"
+        assert head(paths[ch]) == tags[want], ch
+    # a new stable release is picked up by the stable channel only
+    rel = origin.commit(tag="v0.3.0")
+    vi = srv.result("POST", "/machine/update/refresh")["version_info"]
+    assert vi["app_stable"]["remote_hash"] == rel and vi["app_beta"]["remote_hash"] == rel
+    assert vi["app_stable"]["commits_behind_count"] == 3
+
+
+def test_dirty_detached_remote_pinned(serve, base):
+    origin, tags = releases(os.path.join(base, "o"))
+    dirty = origin.clone(os.path.join(base, "dirty"), at="v0.1.0")
+    with open(os.path.join(dirty, "app.py"), "a") as fh:
+        fh.write("# local change\n")
+    untracked = origin.clone(os.path.join(base, "untracked"), at="v0.1.0")
+    with open(os.path.join(untracked, "extra.py"), "w") as fh:
+        fh.write("x = 1\n")
+    detached = origin.clone(os.path.join(base, "detached"))
+    git(detached, "checkout", "-q", "--detach", "v0.2.0")
+    fork = Origin(os.path.join(base, "fork"))
+    fork.commit(tag="v9.0.0")
+    wrong = fork.clone(os.path.join(base, "wrong"))
+    pinned = origin.clone(os.path.join(base, "pinned"), at="v0.1.0")
+    beyond = origin.clone(os.path.join(base, "beyond"), at=tags["dev"])
+    srv = serve(um_config(
+        ext_section("dirty", dirty, origin.url), ext_section("untracked", untracked, origin.url),
+        ext_section("detached", detached, origin.url), ext_section("wrong", wrong, origin.url),
+        ext_section("pinned", pinned, origin.url, f"pinned_commit: {tags['v0.2.0'][:10]}"),
+        ext_section("beyond", beyond, origin.url, f"pinned_commit: {tags['v0.2.0']}")))
+    vi = status(srv)["version_info"]
+    d = vi["dirty"]
+    assert d["is_dirty"] and not d["pristine"] and not d["is_valid"]
+    assert d["full_version_string"].endswith("-dirty") and d["version"] == "v0.1.0-0"
+    assert d["warnings"] == ["Repo is dirty.  Detected the following modified files: "
+                             "['app.py']"]
+    u = vi["untracked"]
+    assert u["is_valid"] and not u["is_dirty"] and not u["pristine"]
+    assert any("extra.py" in a for a in u["anomalies"])
+    dt = vi["detached"]
+    assert dt["detached"] and not dt["is_valid"] and "Detached HEAD detected" in dt["warnings"]
+    w = vi["wrong"]
+    assert f"Unofficial remote url: {fork.url}" in w["anomalies"] and w["is_valid"]
+    assert w["remote_url"] == fork.url and w["recovery_url"] == origin.url
+    p = vi["pinned"]
+    assert p["remote_hash"] == tags["v0.2.0"] and p["is_valid"]
+    b = vi["beyond"]
+    assert not b["is_valid"] and any("beyond the pinned commit" in x for x in b["warnings"])
+    # updates are refused on invalid repos, with the reason, nothing changed
+    resp = srv.post("/machine/update/upgrade", json={"name": "dirty"}, timeout=60)
+    assert resp.status_code == 500 and "dirty" in resp.json()["error"]["message"]
+    assert head(dirty) == tags["v0.1.0"]
+    assert srv.result("POST", "/machine/update/upgrade", json={"name": "pinned"},
+                      timeout=60) == "ok"
+    assert head(pinned) == tags["v0.2.0"]
+    assert status(srv, "pinned")["commits_behind"] == []
+    # a soft recovery resets the dirty repo
+    ws = srv.ws()
+    assert ws.call("machine.update.recover", {"name": "dirty"}, timeout=60) == "ok"
+    msgs = [m["message"] for m in update_messages(ws)]
+    assert msgs[-1] == "Git Repo dirty: Reinstall Complete"
+    assert "Git Repo dirty: Resetting Git Repo..." in msgs
+    d = status(srv, "dirty")
+    assert d["is_valid"] and not d["is_dirty"] and git(dirty, "status", "--porcelain") == ""
+
+
+def test_errors_match_reference(serve, base):
+    origin, _ = releases(os.path.join(base, "o"))
+    path = origin.clone(os.path.join(base, "ext"), at="v0.1.0")
+    srv = serve(um_config(ext_section("ext", path, origin.url)))
+    for name, method, path_, body in (
+            ("refresh_unknown", "POST", "/machine/update/refresh", {"name": "nothing"}),
+            ("upgrade_unknown", "POST", "/machine/update/upgrade", {"name": "nothing"}),
+            ("recover_unknown", "POST", "/machine/update/recover", {"name": "nothing"}),
+            ("rollback_unknown", "POST", "/machine/update/rollback", {"name": "nothing"}),
+            ("recover_missing", "POST", "/machine/update/recover", {})):
+        ref = reference(f"update_manager_http_{name}")
+        resp = srv.post(path_, json=body)
+        assert resp.status_code == ref["status"], name
+        assert resp.json()["error"]["message"] == ref["body"]["error"]["message"], name
+    ws = srv.ws()
+    with pytest.raises(Exception) as exc:
+        ws.call("machine.update.upgrade", {"name": "nothing"})
+    assert exc.value.code == -32601
+    # no rollback before any update: refused, nothing changed
+    resp = srv.post("/machine/update/rollback", json={"name": "ext"})
+    assert resp.status_code == 500 and "no rollback" in resp.json()["error"]["message"]
+    msgs = update_messages(ws)
+    assert msgs[-1]["complete"] and msgs[-1]["message"].startswith("Error: ")
+    assert head(path) == git(path, "rev-parse", "v0.1.0^{commit}").strip()
+
+
+def test_builtin_entries(serve, base):
+    srv = serve(um_config())
+    vi = status(srv)["version_info"]
+    assert list(vi)[:2] == ["moonraker", "klipper"]
+    own = vi["moonraker"]
+    assert own["configured_type"] == "git_repo" and own["repo_detected"]
+    assert own["current_hash"] == git(REPO, "rev-parse", "HEAD").strip()
+    k = vi["klipper"]
+    # the simulated printer's Klippy is a pip install: not updatable, and says why
+    assert not k["is_valid"] and not k["repo_detected"]
+    assert any("not a git checkout" in w for w in k["warnings"])
+    ref = reference("update_manager_http_status")["body"]["result"]["version_info"]["myext"]
+    assert shape_diff(ref, k) == [] and shape_diff(ref, own) == []
+    resp = srv.post("/machine/update/klipper", timeout=30)
+    assert resp.status_code == 500 and "not a git checkout" in resp.json()["error"]["message"]
+
+
+def test_status_refresh_param_and_busy(serve, base):
+    origin, _ = releases(os.path.join(base, "o"))
+    path = origin.clone(os.path.join(base, "ext"), at="v0.1.0")
+    hook = os.path.join(path, ".git", "hooks", "reference-transaction")
+    with open(hook, "w") as fh:  # makes the update slow enough to observe
+        fh.write("#!/bin/sh\ncat >/dev/null\n[ \"$1\" = prepared ] && sleep 2\nexit 0\n")
+    os.chmod(hook, 0o755)
+    srv = serve(um_config(ext_section("ext", path, origin.url)))
+    new = origin.commit()
+    # refreshed within the last 60 s: the deprecated refresh is skipped
+    assert srv.result("GET", "/machine/update/status?refresh=true")["version_info"]["ext"][
+        "remote_hash"] != new
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=srv.post("/machine/update/upgrade", json={"name": "ext"}, timeout=60)))
+    t.start()
+    try:
+        deadline = __import__("time").monotonic() + 30
+        while not status(srv)["busy"]:
+            assert __import__("time").monotonic() < deadline, "never busy"
+        assert srv.post("/machine/update/refresh", json={"name": "ext"}).status_code == 503
+        assert srv.post("/machine/update/upgrade", json={"name": "ext"}).status_code == 503
+    finally:
+        t.join(60)
+    assert result["r"].status_code == 200 and not status(srv)["busy"]
