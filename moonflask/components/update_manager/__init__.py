@@ -32,6 +32,7 @@ from gevent import subprocess
 from ...api import ApiError
 from ...config import ConfigError
 from .base import BaseUpdater, Reporter, UpdateError
+from .git_cmd import die_with_parent
 from .git_deploy import GitRepo
 from .journal import Journal
 
@@ -207,7 +208,7 @@ class UpdateManager:
         non-zero exit."""
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         except OSError as err:
             raise UpdateError(f"{cmd[0]}: {err.strerror}") from None
         assert proc.stdout is not None

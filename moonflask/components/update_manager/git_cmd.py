@@ -16,9 +16,11 @@ cooperative, so a running git never blocks the hub.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import posix
+import signal
 import types
 from typing import Any, Callable
 
@@ -62,6 +64,18 @@ def _sh() -> Any:
         logging.getLogger("sh").setLevel(logging.WARNING)  # one INFO line per command
         _SH = sh
     return _SH
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the forked child: get SIGKILL when moonflask dies, so that a git
+    of a killed moonflask never races the journal recovery of the next one."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def _text(data: bytes | str | None) -> str:
@@ -111,7 +125,8 @@ def run_git(path: str | None, *args: str, on_line: Callable[[str], None] | None 
     try:
         proc = sh.Command("git")(*cmdline, _bg=True, _bg_exc=False, _env=git_env(), _ok_code=list(ok_codes),
                                  _in=None, _tty_out=False, _encoding="utf-8",
-                                 _decode_errors="replace", **kw)
+                                 _decode_errors="replace", _preexec_fn=die_with_parent,
+                                 **kw)
     except sh.CommandNotFound:
         raise GitError(shown, None, "git is not installed") from None
     try:

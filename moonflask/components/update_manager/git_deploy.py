@@ -442,6 +442,7 @@ class GitRepo(BaseUpdater):
         clear_stale_locks(self.path)
         before = rec.get("to_hash") or "HEAD"
         self._git("reset", "--hard", commit, on_line=rep)
+        self._drop_added_files(commit, before)
         if self.branch not in ("?", "") and not self.detached:
             cur = self._git("rev-parse", "--abbrev-ref", "HEAD").strip()
             if cur != self.branch:
@@ -451,6 +452,26 @@ class GitRepo(BaseUpdater):
         if deps_from is not None:
             self._update_deps(deps_from, commit, rep or (lambda *_a, **_k: None))
         self.manager.journal.finish(rec)
+
+    def _drop_added_files(self, frm: str, to: str) -> None:
+        """After returning to ``frm``: remove the untracked files that only
+        ``to`` has (a checkout killed half-way wrote them before the ref
+        moved); other untracked files are the user's and stay."""
+        if to in ("HEAD", frm):
+            return
+        try:
+            added = set(self._git("diff", "--name-only", "--no-renames", "--diff-filter=A",
+                                  frm, to).splitlines())
+            untracked = self._git("ls-files", "--others", "-z").split("\0")
+        except GitError:
+            return
+        root = self.path or ""
+        for name in (n for n in untracked if n in added):
+            os.unlink(os.path.join(root, name))
+            folder = os.path.dirname(name)
+            while folder and not os.listdir(os.path.join(root, folder)):
+                os.rmdir(os.path.join(root, folder))
+                folder = os.path.dirname(folder)
 
     def _changed(self, frm: str, to: str, relpath: str | None) -> bool:
         if not relpath:
@@ -637,5 +658,6 @@ class GitRepo(BaseUpdater):
             self._complete(rec, quiet)
         except UpdateError as err:
             return str(err)
-        return (f"Interrupted {op} of {self.name} completed at start: at "
-                f"{rec.get('to_version')}")
+        what = "update" if op == "upgrade" else op
+        return (f"Interrupted {what} of {self.name} to {rec.get('to_version')} completed "
+                f"at start: at {rec.get('to_version')}")
