@@ -7,10 +7,15 @@ the shapes recorded from the real Moonraker 0.11.0
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 
 import pytest
 from helpers import REPO
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+from long_gcode import write_long_gcode  # noqa: E402
 from shapes import reference, shape_diff
 from um_helpers import (Origin, ext_section, fsck_clean, git, head, releases, status,
                         um_config, update_messages, wait_initialized)
@@ -241,11 +246,84 @@ def test_status_refresh_param_and_busy(serve, base):
         r=srv.post("/machine/update/upgrade", json={"name": "ext"}, timeout=60)))
     t.start()
     try:
-        deadline = __import__("time").monotonic() + 30
+        deadline = time.monotonic() + 30
         while not status(srv)["busy"]:
-            assert __import__("time").monotonic() < deadline, "never busy"
+            assert time.monotonic() < deadline, "never busy"
         assert srv.post("/machine/update/refresh", json={"name": "ext"}).status_code == 503
         assert srv.post("/machine/update/upgrade", json={"name": "ext"}).status_code == 503
     finally:
         t.join(60)
     assert result["r"].status_code == 200 and not status(srv)["busy"]
+
+
+def _wait_print_state(srv, *want: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = srv.result("GET", "/printer/objects/query?print_stats=state")[
+            "status"]["print_stats"]["state"]
+        if state in want:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"print_stats.state is {state}, not {want}")
+
+
+def test_refused_while_printing(serve, base, printer):
+    origin, tags = releases(os.path.join(base, "o"))
+    path = origin.clone(os.path.join(base, "ext"), at="v0.1.0")
+    srv = serve(um_config(ext_section("ext", path, origin.url)))
+    write_long_gcode(os.path.join(printer.gcodes, "um_long.gcode"), 8)
+    srv.post("/printer/gcode/script",
+             params={"script": "SDCARD_PRINT_FILE FILENAME=um_long.gcode"}, timeout=5)
+    try:
+        _wait_print_state(srv, "printing")
+        srv.post("/printer/print/pause", timeout=30)  # keeps the print alive however slow
+        _wait_print_state(srv, "paused")
+        for route, body in (("upgrade", {"name": "ext"}), ("rollback", {"name": "ext"}),
+                            ("recover", {"name": "ext"}), ("full", None),
+                            ("refresh", {"name": "ext"})):
+            resp = srv.post(f"/machine/update/{route}", json=body, timeout=30)
+            assert resp.status_code == 503, route
+            assert resp.json()["error"]["message"] == "Update Refused: Klippy is printing"
+        assert head(path) == tags["v0.1.0"]
+    finally:
+        srv.post("/printer/print/cancel", timeout=30)
+    _wait_print_state(srv, "cancelled", "standby")
+    assert srv.result("POST", "/machine/update/upgrade", json={"name": "ext"},
+                      timeout=60) == "ok"
+
+
+def test_auto_refresh(start_server, base, monkeypatch):
+    origin, tags = releases(os.path.join(base, "o"))
+    inside = origin.clone(os.path.join(base, "inside"), at=tags["dev"])
+    hour = time.localtime().tm_hour
+    # one "hour" of refresh_interval lasts 2 s; the refresher checks every 0.5 s
+    monkeypatch.setenv("MOONFLASK_UPDATE_HOUR_SECONDS", "2")
+    monkeypatch.setenv("MOONFLASK_UPDATE_CHECK_PERIOD", "0.5")
+    window = f"{hour}-{(hour + 1) % 24}"
+    srv = start_server(config=um_config(
+        ext_section("inside", inside, origin.url),
+        main=f"enable_auto_refresh: True\nrefresh_interval: 1\nrefresh_window: {window}\n"),
+        data_path=os.path.join(base, "data"))
+    wait_initialized(srv)
+    ws = srv.ws()
+    new = origin.commit()
+    msg = ws.wait_notification(
+        "notify_update_refreshed", timeout=30,
+        predicate=lambda m: m["params"][0]["version_info"]["inside"]["remote_hash"] == new)
+    assert msg["params"][0]["busy"] is False
+    assert status(srv, "inside")["commits_behind"][0]["sha"] == new
+    srv.stop()
+    # outside the window: never refreshed by itself
+    outside = (hour + 2) % 24
+    srv = start_server(config=um_config(
+        ext_section("inside", inside, origin.url),
+        main=f"enable_auto_refresh: True\nrefresh_interval: 1\n"
+             f"refresh_window: {outside}-{(outside + 1) % 24}\n"),
+        data_path=os.path.join(base, "data2"))
+    wait_initialized(srv)
+    newer = origin.commit()
+    time.sleep(5)  # 2.5 intervals: a refresh would have run
+    assert status(srv, "inside")["remote_hash"] != newer
+    assert srv.result("POST", "/machine/update/refresh", json={"name": "inside"})[
+        "version_info"]["inside"]["remote_hash"] == newer

@@ -7,6 +7,7 @@ carries), web_api.md "Update Manager Response".
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CHANNELS = ("stable", "beta", "dev")
+# seconds in one hour of refresh_interval; MOONFLASK_UPDATE_HOUR_SECONDS
+# shortens it for tests of the refresher
+HOUR_SECONDS = float(os.environ.get("MOONFLASK_UPDATE_HOUR_SECONDS", "3600"))
 
 
 class UpdateError(Exception):
@@ -116,7 +120,7 @@ class BaseUpdater:
 
     def needs_refresh(self, now: float) -> bool:
         """True when ``refresh_interval`` hours passed since the last refresh."""
-        return now - self.last_refresh >= self.refresh_interval * 3600
+        return now - self.last_refresh >= self.refresh_interval * HOUR_SECONDS
 
     def mark_refreshed(self) -> None:
         """Remember the refresh time across restarts."""
