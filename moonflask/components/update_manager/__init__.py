@@ -74,7 +74,6 @@ class UpdateManager:
         self.enable_system_updates = section.getboolean("enable_system_updates", True)
         self.enable_packagekit = section.getboolean("enable_packagekit", True)
         self.channel = (section.get("channel", "dev") or "dev").lower()
-        self.github_api_url = section.get("github_api_url", "https://api.github.com")
         self.journal = Journal(os.path.join(server.data_path, "update_manager"))
         self.github_limits: dict[str, Any] = {"github_rate_limit": None,
                                               "github_requests_remaining": None,

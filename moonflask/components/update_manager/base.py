@@ -12,11 +12,14 @@ import random
 import time
 from typing import Any
 
+import gevent
+
 log = logging.getLogger(__name__)
 
 CHANNELS = ("stable", "beta", "dev")
 # seconds in one hour of refresh_interval; MOONFLASK_UPDATE_HOUR_SECONDS
 # shortens it for tests of the refresher
+SERVICE_SETTLE = 2.0  # seconds a restarted service must stay up
 HOUR_SECONDS = float(os.environ.get("MOONFLASK_UPDATE_HOUR_SECONDS", "3600"))
 
 
@@ -70,6 +73,8 @@ class BaseUpdater:
     """
 
     configured_type = "none"
+    prefix = "Application"   # how messages name this kind of updater
+    managed_services: list[str] = []
 
     def __init__(self, manager: Any, name: str, section: Any,
                  default_channel: str = "dev") -> None:
@@ -117,6 +122,49 @@ class BaseUpdater:
         """Finish or undo the update that ``rec`` (a journal record found at
         start) describes.  Returns what was done, for the log and status."""
         return "nothing to resume"
+
+    def _service_name(self, svc: str) -> str:
+        machine = self.server.lookup_component("machine", None)
+        if machine is not None and svc in ("klipper", "moonraker"):
+            return machine.instance_ids.get(svc, svc)
+        return svc
+
+    def _restart_services(self, rep: Reporter) -> str | None:
+        """Restart the managed services; the name of one that did not come
+        back, or None.  moonflask's own service is restarted last, after the
+        reply (the journal's SERVICES step completes it at the next start)."""
+        machine = self.server.lookup_component("machine", None)
+        own = None
+        for svc in self.managed_services:
+            name = self._service_name(svc)
+            if svc == "moonraker" or (machine is not None and
+                                      name == machine.instance_ids.get("moonraker")):
+                own = name
+                continue
+            if machine is None:
+                rep(f"{self.prefix} {self.name}: no machine component, not restarting {name}")
+                continue
+            rep(f"{self.prefix} {self.name}: Restarting service {name}...")
+            try:
+                machine.service_action("restart", name)
+            except Exception as err:  # ApiError from the provider
+                log.error("restart of %s failed: %s", name, err)
+                return name
+            if not self._service_stays_up(machine, name):
+                return name
+        if own is not None:
+            self.manager.restart_self(rep)
+        return None
+
+    @staticmethod
+    def _service_stays_up(machine: Any, name: str) -> bool:
+        gevent.sleep(SERVICE_SETTLE)
+        refresh = getattr(machine.provider, "refresh", None)
+        if refresh is not None:
+            refresh()
+        state = machine.service_state.get(name, {})
+        return state.get("active_state") in ("active", "activating") and \
+            state.get("sub_state") != "auto-restart"
 
     def needs_refresh(self, now: float) -> bool:
         """True when ``refresh_interval`` hours passed since the last refresh."""

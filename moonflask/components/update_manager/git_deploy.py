@@ -22,8 +22,6 @@ import os
 import re
 from typing import Any
 
-import gevent
-
 from . import journal as jn
 from .base import BaseUpdater, Reporter, UpdateError
 from .git_cmd import GitError, run_git
@@ -35,7 +33,6 @@ TAG_RE = re.compile(r"^v\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
 STABLE_TAG_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 MAX_UNTAGGED = 30   # commits_behind: at most this many untagged commits
 MAX_LOG = 100       # ... within this many commits
-SERVICE_SETTLE = 2.0  # seconds a restarted service must stay up
 
 
 def _semver_key(tag: str) -> tuple:
@@ -79,6 +76,7 @@ class GitRepo(BaseUpdater):
     """
 
     configured_type = "git_repo"
+    prefix = "Git Repo"
 
     def __init__(self, manager: Any, name: str, section: Any, path: str | None,
                  defaults: dict[str, Any] | None = None,
@@ -521,49 +519,6 @@ class GitRepo(BaseUpdater):
         for match in re.finditer(r'^\s*PKGLIST="([^"]*)"', text, re.M):
             pkgs += [p for p in match.group(1).split() if not p.startswith("${")]
         return pkgs
-
-    def _service_name(self, svc: str) -> str:
-        machine = self.server.lookup_component("machine", None)
-        if machine is not None and svc in ("klipper", "moonraker"):
-            return machine.instance_ids.get(svc, svc)
-        return svc
-
-    def _restart_services(self, rep: Reporter) -> str | None:
-        """Restart the managed services; the name of one that did not come
-        back, or None.  moonflask's own service is restarted last, after the
-        reply (the journal's SERVICES step completes it at the next start)."""
-        machine = self.server.lookup_component("machine", None)
-        own = None
-        for svc in self.managed_services:
-            name = self._service_name(svc)
-            if svc == "moonraker" or (machine is not None and
-                                      name == machine.instance_ids.get("moonraker")):
-                own = name
-                continue
-            if machine is None:
-                rep(f"Git Repo {self.name}: no machine component, not restarting {name}")
-                continue
-            rep(f"Git Repo {self.name}: Restarting service {name}...")
-            try:
-                machine.service_action("restart", name)
-            except Exception as err:  # ApiError from the provider
-                log.error("restart of %s failed: %s", name, err)
-                return name
-            if not self._service_stays_up(machine, name):
-                return name
-        if own is not None:
-            self.manager.restart_self(rep)
-        return None
-
-    @staticmethod
-    def _service_stays_up(machine: Any, name: str) -> bool:
-        gevent.sleep(SERVICE_SETTLE)
-        refresh = getattr(machine.provider, "refresh", None)
-        if refresh is not None:
-            refresh()
-        state = machine.service_state.get(name, {})
-        return state.get("active_state") in ("active", "activating") and \
-            state.get("sub_state") != "auto-restart"
 
     def rollback(self, rep: Reporter) -> str:
         """Reset to ``rollback_version`` (update_manager.md "Rollback")."""
