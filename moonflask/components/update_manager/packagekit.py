@@ -62,7 +62,8 @@ class PackageKit:
     def _transaction(self, method: str, signature: str, body: tuple,
                      on_package: Callable[[int, str, str], None] | None = None,
                      rep: Callable[[str], None] | None = None) -> None:
-        from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
+        from jeepney import (DBusAddress, HeaderFields, MatchRule, message_bus,
+                             new_method_call)
         from jeepney.wrappers import unwrap_msg
         router = self._router()
         try:
@@ -82,7 +83,7 @@ class PackageKit:
                         msg = signals.get(timeout=TRANSACTION_TIMEOUT)
                     except queue.Empty:
                         raise PackageKitError(f"{method} timed out") from None
-                    member = msg.header.fields.get(4)  # HeaderFields.member
+                    member = msg.header.fields.get(HeaderFields.member)
                     if member == "Package" and on_package is not None:
                         info, pid, summary = msg.body
                         on_package(info, pid, summary)
