@@ -31,12 +31,20 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 import capture_reference as cr  # noqa: E402
 import sim_printer  # noqa: E402
 
+sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+from long_gcode import write_long_gcode  # noqa: E402
+
 
 def git(cwd: str, *args: str) -> str:
     env = dict(os.environ, GIT_AUTHOR_NAME="Test", GIT_AUTHOR_EMAIL="t@example.com",
                GIT_COMMITTER_NAME="Test", GIT_COMMITTER_EMAIL="t@example.com")
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True,
                           capture_output=True, text=True).stdout
+
+
+def origin_work(origin: str) -> str:
+    """The work clone make_repos pushed from."""
+    return os.path.join(os.path.dirname(origin), "work")
 
 
 def make_repos(tmp: str) -> tuple[str, str]:
@@ -142,6 +150,25 @@ def main() -> None:
                 {"name": "myext", "hard": False}, linger=3.0, timeout=60)
         cap.http("update_manager_http_status_after_recover", "GET",
                  "/machine/update/status")
+        # refused while printing (a long print; then paused)
+        write_long_gcode(os.path.join(data, "gcodes", "long.gcode"), 20)
+        git(origin_work(origin), "commit", "--allow-empty", "-q", "-m", "Change 3")
+        git(origin_work(origin), "push", "-q", "origin", "master")
+        cap.http_raw("POST", "/printer/print/start?filename=long.gcode")
+        time.sleep(1.5)
+        cap.http("update_manager_http_print_state", "GET",
+                 "/printer/objects/query?print_stats=state")
+        cap.http("update_manager_http_upgrade_printing", "POST", "/machine/update/upgrade",
+                 body={"name": "myext"})
+        cap.http("update_manager_http_refresh_printing", "POST", "/machine/update/refresh",
+                 body={"name": "myext"})
+        cap.http_raw("POST", "/printer/print/pause")
+        time.sleep(1.0)
+        cap.http("update_manager_http_print_state_paused", "GET",
+                 "/printer/objects/query?print_stats=state")
+        cap.http("update_manager_http_upgrade_paused", "POST", "/machine/update/upgrade",
+                 body={"name": "myext"})
+        cap.http_raw("POST", "/printer/print/cancel")
         strip_tracebacks(args.out, cap.written)
     finally:
         if ws is not None:

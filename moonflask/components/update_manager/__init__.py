@@ -277,10 +277,8 @@ class UpdateManager:
     def _check_refresh_allowed(self) -> None:
         if not self.initialized.is_set():
             raise ApiError("Update Manager not initialized", 503)
-        if self.busy or self._lock.locked():
-            raise ApiError("Update Refused: an update is in progress", 503)
-        if self.is_printing():
-            raise ApiError("Update Refused: Klippy is printing", 503)
+        if self.busy or self._lock.locked() or self.is_printing():
+            raise ApiError("Server is busy, cannot perform refresh", 503)
 
     def refresh(self, name: str | None = None) -> dict[str, Any]:
         """update_manager.md "Refresh update status": refresh ``name`` (all
