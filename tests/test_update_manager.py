@@ -336,3 +336,34 @@ def test_auto_refresh(start_server, base, monkeypatch):
     assert status(srv, "inside")["remote_hash"] != newer
     assert srv.result("POST", "/machine/update/refresh", json={"name": "inside"})[
         "version_info"]["inside"]["remote_hash"] == newer
+
+
+def test_full_and_client(serve, base):
+    origin, tags = releases(os.path.join(base, "o"))
+    one = origin.clone(os.path.join(base, "one"), at="v0.1.0")
+    two = origin.clone(os.path.join(base, "two"), at="v0.1.0")
+    three = origin.clone(os.path.join(base, "three"), at="v0.1.0")
+    own = git(REPO, "rev-parse", "HEAD").strip()
+    # moonflask's own checkout is pinned where it is: a full update never touches it
+    srv = serve(um_config(ext_section("one", one, origin.url),
+                          ext_section("two", two, origin.url),
+                          ext_section("three", three, origin.url),
+                          f"[update_manager moonraker]\npinned_commit: {own}\n"))
+    ws = srv.ws()
+    assert ws.call("machine.update.full", timeout=120) == "ok"
+    msgs = update_messages(ws, timeout=120)
+    apps = [m["application"] for m in msgs]
+    assert apps[0] == "one" and apps[-1] == "full"
+    assert msgs[-1]["message"] == "Full Update Complete" and msgs[-1]["complete"]
+    assert sum(m["complete"] for m in msgs) == 1
+    assert "Git Repo two: Update Finished..." in [m["message"] for m in msgs]
+    assert head(one) == head(two) == head(three) == tags["dev"]
+    assert git(REPO, "rev-parse", "HEAD").strip() == own
+    for path in (one, two):
+        git(path, "reset", "-q", "--hard", tags["v0.1.0"])
+    srv.result("POST", "/machine/update/refresh")
+    assert srv.result("POST", "/machine/update/client", json={"name": "one"},
+                      timeout=60) == "ok"
+    assert head(one) == tags["dev"] and head(two) == tags["v0.1.0"]
+    assert srv.result("POST", "/machine/update/upgrade", timeout=120) == "ok"  # no name: all
+    assert head(two) == tags["dev"]
