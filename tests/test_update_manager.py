@@ -367,3 +367,12 @@ def test_full_and_client(serve, base):
     assert head(one) == tags["dev"] and head(two) == tags["v0.1.0"]
     assert srv.result("POST", "/machine/update/upgrade", timeout=120) == "ok"  # no name: all
     assert head(two) == tags["dev"]
+
+
+def test_bad_configuration_is_reported(start_server, base):
+    srv = start_server(config=um_config(main="channel: nightly\n"),
+                       data_path=os.path.join(base, "data"))
+    assert srv.get("/machine/update/status").status_code == 404
+    warnings = srv.result("GET", "/server/info")["warnings"]
+    assert any("option 'channel' must be one of stable, beta, dev, not 'nightly'" in w
+               for w in warnings), warnings

@@ -37,6 +37,43 @@ def _hook(repo: str, name: str, body: str) -> None:
     os.chmod(path, 0o755)
 
 
+def test_kill_during_hard_recovery(start_server, base):
+    origin, path, h = corrupt_repo(base)
+    data = os.path.join(base, "data")
+    config = um_config(ext_section("ext", path, origin.url))
+    journal = os.path.join(data, "update_manager", "journal-ext.json")
+    srv = start_server(config=config, data_path=data)
+    wait_initialized(srv)
+    assert status(srv, "ext")["corrupt"]
+    t = threading.Thread(target=lambda: _quiet(srv.post, "/machine/update/recover",
+                                               json={"name": "ext", "hard": True}, timeout=60),
+                         daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while _journal_step(journal) is None:
+        assert time.monotonic() < deadline, "the recovery never started"
+        time.sleep(0.002)
+    srv.kill()  # while cloning
+    srv = start_server(config=config, data_path=data)
+    wait_initialized(srv)
+    st = status(srv, "ext")
+    assert not os.path.exists(journal) and not os.path.exists(path + ".mf-recover")
+    if st["corrupt"]:  # killed before the swap: the repo is as it was, and says so
+        assert any("hard recovery" in a for a in st["anomalies"]), st["anomalies"]
+        assert git(path, "rev-parse", "mywork").strip() == h["mywork"]
+        assert srv.result("POST", "/machine/update/recover", json={"name": "ext", "hard": True},
+                          timeout=60) == "ok"
+    assert fsck_clean(path) and git(path, "rev-parse", "mywork").strip() == h["mywork"]
+    assert not status(srv, "ext")["corrupt"]
+
+
+def _quiet(fn, *args, **kw) -> None:
+    try:
+        fn(*args, **kw)
+    except requests.RequestException:
+        pass
+
+
 def _journal_step(path: str) -> str | None:
     try:
         with open(path) as fh:
@@ -123,7 +160,9 @@ def test_kill_during_upgrade_recovers(start_server, base):
     assert (True, False) in seen and (True, True) in seen and (False, True) in seen, seen
 
 
-def test_corrupt_repo_recover_hard(start_server, base):
+def corrupt_repo(base: str) -> tuple[Origin, str, dict[str, str]]:
+    """A clone whose newest blob file is truncated, with local branches
+    ``mywork`` (a local commit) and ``oldpoint`` (an upstream commit)."""
     origin = Origin(os.path.join(base, "o"))
     first = origin.commit(tag="v0.1.0")
     path = os.path.join(base, "ext")
@@ -131,7 +170,6 @@ def test_corrupt_repo_recover_hard(start_server, base):
     newest = origin.commit({"data.txt": "payload " * 500}, tag="v0.2.0")
     git(path, "fetch", "-q", "origin")  # a small fetch: loose objects
     git(path, "merge", "-q", "--ff-only", "origin/master")
-    # a local branch with a local commit, and one at an upstream commit
     git(path, "checkout", "-q", "-b", "mywork")
     with open(os.path.join(path, "mine.txt"), "w") as fh:
         fh.write("my work\n")
@@ -146,6 +184,12 @@ def test_corrupt_repo_recover_hard(start_server, base):
     os.chmod(obj, 0o644)
     with open(obj, "r+b") as fh:
         fh.truncate(10)
+    return origin, path, {"first": first, "newest": newest, "mywork": mywork}
+
+
+def test_corrupt_repo_recover_hard(start_server, base):
+    origin, path, h = corrupt_repo(base)
+    first, newest, mywork = h["first"], h["newest"], h["mywork"]
     srv = start_server(config=um_config(ext_section("ext", path, origin.url)),
                        data_path=os.path.join(base, "data"))
     wait_initialized(srv)

@@ -165,9 +165,7 @@ class UpdateManager:
         try:
             with self._lock:
                 self.resume_interrupted()
-                for upd in self.updaters.values():
-                    upd.refresh()
-                self.last_refresh = time.monotonic()
+                self._refresh_all()
         except Exception:
             log.exception("update manager initialisation failed")
         finally:
@@ -270,7 +268,10 @@ class UpdateManager:
     def _refresh_all(self, names: list[str] | None = None) -> None:
         for name, upd in self.updaters.items():
             if names is None or name in names:
-                upd.refresh()
+                try:
+                    upd.refresh()
+                except Exception:  # one broken updater must not hide the others
+                    log.exception("refresh of %s failed", name)
         if names is None:
             self.last_refresh = time.monotonic()
 

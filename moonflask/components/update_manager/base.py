@@ -84,7 +84,11 @@ class BaseUpdater:
         self.section = section
         get = (section.get if section is not None else (lambda _o, d=None: d))
         self.channel = (get("channel", default_channel) or default_channel).lower()
-        self.channel_invalid = self.channel not in CHANNELS
+        if self.channel not in CHANNELS:
+            from ...config import ConfigError
+            raise ConfigError(f"[update_manager {name}]: option 'channel' must be one of "
+                              f"{', '.join(CHANNELS)}, not '{self.channel}'")
+        self.channel_invalid = False
         self.info_tags: list[str] = (section.getlist("info_tags", [])
                                      if section is not None else [])
         self.refresh_interval = (section.getint("refresh_interval", manager.refresh_interval,

@@ -47,7 +47,7 @@ def _url_parts(url: str) -> tuple[str, str]:
     if trimmed.endswith(".git"):
         trimmed = trimmed[:-4]
     match = re.search(r"(?:github\.com|gitlab\.com|[\w.-]+)[:/]([^/:]+)/([^/]+)$", trimmed)
-    if match and "://" in url or (match and "@" in url):
+    if match and ("://" in url or "@" in url):
         return match.group(1), match.group(2)
     return "?", os.path.basename(trimmed) or "?"
 
@@ -271,7 +271,7 @@ class GitRepo(BaseUpdater):
                                      "updates are disabled")
                 return None
             return pinned
-        if self.channel == "dev" or self.channel_invalid:
+        if self.channel == "dev":
             return track
         pattern = STABLE_TAG_RE if self.channel == "stable" else TAG_RE
         tags = [t for t in self._git("tag", "--list", "v*", "--merged", track).split()
@@ -580,9 +580,12 @@ class GitRepo(BaseUpdater):
         """
         op, step = rec.get("op"), rec.get("step")
         if op == "recover_hard":
-            resume_hard_recover(rec)
+            done = resume_hard_recover(rec)
             self.manager.journal.finish(rec)
-            return f"Interrupted hard recovery of {self.name} finished at start"
+            if done:
+                return f"Interrupted hard recovery of {self.name} completed at start"
+            return (f"Interrupted hard recovery of {self.name} found at start: the repo is "
+                    "as before, run the recovery again")
         clear_stale_locks(self.path)
         quiet = Reporter(self.server, self.name)
         quiet.proc_id = rec.get("proc_id", quiet.proc_id)

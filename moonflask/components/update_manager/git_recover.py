@@ -132,9 +132,10 @@ def hard_recover(path: str, url: str, primary_branch: str, rep: Callable[..., An
     return lost
 
 
-def resume_hard_recover(rec: dict[str, Any]) -> None:
+def resume_hard_recover(rec: dict[str, Any]) -> bool:
     """Finish a hard recovery interrupted by a crash: complete the swap when
-    it had begun, otherwise drop the half-made clone (the repo is as before)."""
+    it had begun, otherwise drop the half-made clone (the repo is as before).
+    Returns True when the recovery was completed."""
     path = rec["path"]
     tmp, bak = path + ".mf-recover", path + ".mf-backup"
     if rec.get("step") == "swap" and not os.path.exists(path):
@@ -143,3 +144,4 @@ def resume_hard_recover(rec: dict[str, Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     if rec.get("step") == "swap" and not rec.get("lost"):
         shutil.rmtree(bak, ignore_errors=True)
+    return rec.get("step") == "swap"

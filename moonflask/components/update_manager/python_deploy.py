@@ -125,7 +125,8 @@ class PythonUpdater(BaseUpdater):
             self._remote_from_index()
 
     def _remote_from_index(self) -> None:
-        if self.channel == "dev":
+        self.channel_invalid = self.channel == "dev"
+        if self.channel_invalid:
             self.warnings.append("The dev channel needs a package installed from git")
         args = ["-m", "pip", "install", "-U", "--quiet", "--dry-run", "--no-deps",
                 "--report", "-", "--disable-pip-version-check"]
