@@ -84,6 +84,7 @@ class UpdateManager:
         self.initialized = gevent.event.Event()
         self.last_refresh = 0.0
         self.recovery_notes: list[str] = []
+        self._restart_pending = False
         self._build_updaters()
         server.events.on("server:started", self._start)
         server.events.on("klippy:identified", self._on_klippy_identified)
@@ -225,9 +226,14 @@ class UpdateManager:
         system.install_packages(pkgs, rep)  # type: ignore[attr-defined]
 
     def restart_self(self, rep: Any) -> None:
-        """Restart moonflask after an update of its own checkout."""
-        machine = self.server.lookup_component("machine", None)
+        """Restart moonflask once the current update request has answered
+        (after an update of its own checkout)."""
         rep("Restarting moonflask...")
+        self._restart_pending = True
+
+    def _do_restart_self(self) -> None:
+        self._restart_pending = False
+        machine = self.server.lookup_component("machine", None)
         if machine is not None and machine.instance_ids["moonraker"] in \
                 machine.provider.available:
             machine.service_action("restart", machine.instance_ids["moonraker"])
@@ -339,6 +345,8 @@ class UpdateManager:
         finally:
             self.busy = False
             self._lock.release()
+            if self._restart_pending:
+                self._do_restart_self()
         return "ok"
 
     def _upgrade_one(self, rep: Reporter, upd: BaseUpdater) -> str:
