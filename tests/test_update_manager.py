@@ -213,8 +213,13 @@ def test_errors_match_reference(serve, base):
 
 
 def test_builtin_entries(serve, base):
-    srv = serve(um_config())
+    srv = serve(um_config("[update_manager estimator]\ntype: executable\nrepo: a/b\n"
+                          "path: /nonexistent\n"))
     vi = status(srv)["version_info"]
+    assert "estimator" not in vi
+    warnings = srv.result("GET", "/server/info")["warnings"]
+    assert any("type 'executable' is not supported by moonflask" in w for w in warnings)
+    assert not any("estimator" in w and "Invalid config option" in w for w in warnings)
     assert list(vi)[:2] == ["moonraker", "klipper"]
     own = vi["moonraker"]
     assert own["configured_type"] == "git_repo" and own["repo_detected"]

@@ -217,3 +217,22 @@ def _quiet_post(srv) -> None:
         srv.post("/machine/update/upgrade", json={"name": "app"}, timeout=60)
     except Exception:
         pass
+
+
+def test_github_rate_limit_respected(start_server, tmp_root, github):
+    base = os.path.join(tmp_root, "umw", "limit")
+    path = os.path.join(base, "client")
+    install(path, "v1.0.0", {"index.html": "one"})
+    github.release("acme/client", "v1.1.0", "client.zip", make_zip("v1.1.0", {}))
+    github.remaining = 2  # the initial refresh leaves one, the next none
+    srv = start_server(config=um_config(web_section("client", path)),
+                       data_path=os.path.join(base, "data"))
+    wait_initialized(srv)
+    assert status(srv)["github_requests_remaining"] == 1
+    srv.result("POST", "/machine/update/refresh", json={"name": "client"})
+    asked = len([r for r in github.requests if r.endswith("/releases")])
+    res = srv.result("POST", "/machine/update/refresh", json={"name": "client"})
+    assert res["github_requests_remaining"] == 0
+    assert res["version_info"]["client"]["last_error"].startswith("GitHub rate limit reached")
+    assert len([r for r in github.requests if r.endswith("/releases")]) == asked
+

@@ -123,9 +123,17 @@ class UpdateManager:
                 continue
             if name in self.updaters:
                 raise ConfigError(f"[{sec_name}]: duplicate updater name")
-            self.updaters[name] = self._build_extension(name, cfg.section(sec_name))
+            upd = self._build_extension(name, cfg.section(sec_name))
+            if upd is None:  # a type moonflask does not implement: said, not dropped
+                for opt in cfg.section(sec_name).options():
+                    cfg.section(sec_name).get(opt, None)
+                cfg.runtime_warnings.append(
+                    f"[{sec_name}]: type 'executable' is not supported by moonflask; "
+                    "this extension is not managed")
+                continue
+            self.updaters[name] = upd
 
-    def _build_extension(self, name: str, sec: Any) -> BaseUpdater:
+    def _build_extension(self, name: str, sec: Any) -> BaseUpdater | None:
         kind = sec.get("type")
         if kind == "git_repo":
             path = sec.get("path")
@@ -137,8 +145,10 @@ class UpdateManager:
         if kind == "python":
             from .python_deploy import PythonUpdater
             return PythonUpdater(self, name, sec)
+        if kind == "executable":
+            return None
         raise ConfigError(f"[update_manager {name}]: unsupported type '{kind}' "
-                          "(git_repo, web, zip or python)")
+                          "(git_repo, web, zip, python or executable)")
 
     def _on_klippy_identified(self) -> None:
         info = self.server.klippy.info or {}

@@ -123,10 +123,10 @@ def run_git(path: str | None, *args: str, on_line: Callable[[str], None] | None 
     if on_line is not None:  # streamed (sh polls callbacks every 0.1 s: only when needed)
         kw = {"_out": collector(out), "_err": collector(err)}
     try:
-        proc = sh.Command("git")(*cmdline, _bg=True, _bg_exc=False, _env=git_env(), _ok_code=list(ok_codes),
-                                 _in=None, _tty_out=False, _encoding="utf-8",
-                                 _decode_errors="replace", _preexec_fn=die_with_parent,
-                                 **kw)
+        proc = sh.Command("git")(*cmdline, _bg=True, _bg_exc=False, _env=git_env(),
+                                 _ok_code=list(ok_codes), _in=None, _tty_out=False,
+                                 _encoding="utf-8", _decode_errors="replace",
+                                 _preexec_fn=die_with_parent, **kw)
     except sh.CommandNotFound:
         raise GitError(shown, None, "git is not installed") from None
     try:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import zipfile
 from typing import Any
 
@@ -119,12 +120,16 @@ class WebUpdater(BaseUpdater):
             self.anomalies.append(note)
 
     def _github(self, url: str) -> Any:
+        limits = self.manager.github_limits
+        reset = limits.get("github_limit_reset_time") or 0
+        if limits.get("github_requests_remaining") == 0 and reset > time.time():
+            raise UpdateError("GitHub rate limit reached; it resets at "
+                              + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reset)))
         try:
             resp = requests.get(url, timeout=TIMEOUT,
                                 headers={"Accept": "application/vnd.github+json"})
         except requests.RequestException as err:
             raise UpdateError(f"GitHub request failed: {err}") from None
-        limits = self.manager.github_limits
         for header, key in (("X-RateLimit-Limit", "github_rate_limit"),
                             ("X-RateLimit-Remaining", "github_requests_remaining"),
                             ("X-RateLimit-Reset", "github_limit_reset_time")):
