@@ -14,6 +14,8 @@ from typing import Any
 
 import gevent
 
+from ...config import ConfigError
+
 log = logging.getLogger(__name__)
 
 CHANNELS = ("stable", "beta", "dev")
@@ -85,7 +87,6 @@ class BaseUpdater:
         get = (section.get if section is not None else (lambda _o, d=None: d))
         self.channel = (get("channel", default_channel) or default_channel).lower()
         if self.channel not in CHANNELS:
-            from ...config import ConfigError
             raise ConfigError(f"[update_manager {name}]: option 'channel' must be one of "
                               f"{', '.join(CHANNELS)}, not '{self.channel}'")
         self.channel_invalid = False

@@ -28,6 +28,7 @@ from typing import Any
 
 import requests
 
+from ...config import ConfigError
 from . import journal as jn
 from .base import BaseUpdater, Reporter, UpdateError
 
@@ -55,7 +56,6 @@ class WebUpdater(BaseUpdater):
 
     def __init__(self, manager: Any, name: str, section: Any, kind: str) -> None:
         super().__init__(manager, name, section, "stable")
-        from ...config import ConfigError
         self.configured_type = kind
         self.prefix = "Web Client" if kind == "web" else "Application"
         self.channel_invalid = self.channel not in NET_CHANNELS
