@@ -148,6 +148,13 @@ def test_kill_during_upgrade_recovers(start_server, base):
         assert not glob.glob(journal_glob), delay
         assert not os.path.exists(os.path.join(path, ".git", "index.lock"))
         if interrupted:
+            # the first client to identify is told what the recovery did
+            ws = srv.ws()
+            ws.call("server.connection.identify", {"client_name": "test", "version": "1",
+                                                   "type": "web", "url": "http://t"})
+            told = ws.wait_notification("notify_update_response", timeout=10)["params"][0]
+            assert told["application"] == "ext" and told["complete"], told
+            assert told["message"] in st["anomalies"], (told, st["anomalies"])
             note = " ".join(st["anomalies"])
             assert "Interrupted update of ext" in note, (delay, st["anomalies"])
             assert ("returned to v0.1.0-0" in note) == (at == old), (delay, note)

@@ -83,7 +83,7 @@ class UpdateManager:
         self.busy = False
         self.initialized = gevent.event.Event()
         self.last_refresh = 0.0
-        self.recovery_notes: list[str] = []
+        self.recovery_notes: list[tuple[str, Any, str]] = []
         self._restart_pending = False
         self._build_updaters()
         server.events.on("server:started", self._start)
@@ -205,10 +205,21 @@ class UpdateManager:
                        f"resumed: {err}"
             log.warning("update manager: %s", note)
             self.journal.put(rec["name"], recovery_note=note)
-            self.recovery_notes.append(note)
-            rep = Reporter(self.server, rec["name"])
-            rep.proc_id = rec.get("proc_id", rep.proc_id)
+            self.recovery_notes.append((rec["name"], rec.get("proc_id"), note))
+        if self.recovery_notes:
+            self.server.events.on("connection:identified", self._announce_recovery)
+            self._announce_recovery()
+
+    def _announce_recovery(self, _conn: Any = None) -> None:
+        """Send what the start-up recovery did as ``notify_update_response``
+        (at start, and once more to the first client that identifies: at
+        start nobody is connected yet)."""
+        for name, proc_id, note in self.recovery_notes:
+            rep = Reporter(self.server, name)
+            rep.proc_id = proc_id or rep.proc_id
             rep(note, complete=True)
+        if _conn is not None:
+            self.recovery_notes = []
 
     # -- helpers used by the updaters --------------------------------------------
     def run_streaming(self, cmd: list[str], rep: Any, timeout: float = 1800) -> None:
