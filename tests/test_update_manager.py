@@ -145,11 +145,22 @@ def test_dirty_detached_remote_pinned(serve, base):
     wrong = fork.clone(os.path.join(base, "wrong"))
     pinned = origin.clone(os.path.join(base, "pinned"), at="v0.1.0")
     beyond = origin.clone(os.path.join(base, "beyond"), at=tags["dev"])
+    moved = fork.clone(os.path.join(base, "moved"))
+    git(moved, "fetch", "-q", origin.url, "master")
+    git(moved, "reset", "-q", "--hard", tags["v0.1.0"])
+    diverged = origin.clone(os.path.join(base, "diverged"), at=tags["v0.1.0"])
+    with open(os.path.join(diverged, "mine.py"), "w") as fh:
+        fh.write("mine = 1\n")
+    git(diverged, "add", "mine.py")
+    git(diverged, "commit", "-q", "-m", "local only")
+    local_only = head(diverged)
     srv = serve(um_config(
         ext_section("dirty", dirty, origin.url), ext_section("untracked", untracked, origin.url),
         ext_section("detached", detached, origin.url), ext_section("wrong", wrong, origin.url),
         ext_section("pinned", pinned, origin.url, f"pinned_commit: {tags['v0.2.0'][:10]}"),
-        ext_section("beyond", beyond, origin.url, f"pinned_commit: {tags['v0.2.0']}")))
+        ext_section("beyond", beyond, origin.url, f"pinned_commit: {tags['v0.2.0']}"),
+        ext_section("moved", moved, origin.url, f"moved_origin: {fork.url}"),
+        ext_section("diverged", diverged, origin.url)))
     vi = status(srv)["version_info"]
     d = vi["dirty"]
     assert d["is_dirty"] and not d["pristine"] and not d["is_valid"]
@@ -168,6 +179,15 @@ def test_dirty_detached_remote_pinned(serve, base):
     assert p["remote_hash"] == tags["v0.2.0"] and p["is_valid"]
     b = vi["beyond"]
     assert not b["is_valid"] and any("beyond the pinned commit" in x for x in b["warnings"])
+    mv = vi["moved"]
+    assert mv["remote_url"] == origin.url and mv["remote_hash"] == tags["dev"]
+    assert f"Remote url moved from {fork.url} to {origin.url}" in mv["anomalies"]
+    assert git(moved, "remote", "get-url", "origin").strip() == origin.url
+    dv = vi["diverged"]
+    assert any("local commits" in a for a in dv["anomalies"]) and dv["is_valid"]
+    resp = srv.post("/machine/update/upgrade", json={"name": "diverged"}, timeout=60)
+    assert resp.status_code == 500 and "local commits" in resp.json()["error"]["message"]
+    assert head(diverged) == local_only
     # updates are refused on invalid repos, with the reason, nothing changed
     resp = srv.post("/machine/update/upgrade", json={"name": "dirty"}, timeout=60)
     assert resp.status_code == 500 and "dirty" in resp.json()["error"]["message"]

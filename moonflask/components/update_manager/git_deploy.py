@@ -251,6 +251,10 @@ class GitRepo(BaseUpdater):
         described = self._git("describe", self.remote_hash, "--always", "--tags", "--long",
                               "--abbrev=8").strip()
         self.remote_version = self._short_version(described)
+        if self.target != "HEAD" and not self._ancestor_rc(self.current_hash,
+                                                           self.remote_hash):
+            self.anomalies.append(f"Repo has local commits not on {track}: an update "
+                                  "needs a soft recovery first")
         if self.version == "?" and self.channel != "dev":
             self.warnings.append("No valid tag found: the stable and beta channels need "
                                  "a vX.Y.Z tag")
@@ -377,6 +381,11 @@ class GitRepo(BaseUpdater):
         self._check_updatable()
         if self.target is None or self.remote_hash in ("?", self.current_hash):
             return f"Git Repo {self.name}: already up to date"
+        ff = self.is_ancestor_of_target()
+        if not ff and not self.detached:
+            raise UpdateError(f"Git Repo {self.name}: the branch has local commits that "
+                              f"{self.remote_alias} does not have; refusing to discard them "
+                              "(a soft recovery resets the branch)")
         rep(f"Git Repo {self.name}: Updating Repo...")
         rec = self.manager.journal.begin(
             self.name, "upgrade", path=self.path, from_hash=self.current_hash,
@@ -384,7 +393,7 @@ class GitRepo(BaseUpdater):
             to_version=self.remote_version, proc_id=rep.proc_id)
         from_hash = self.current_hash
         try:
-            self._move_to(self.remote_hash, rep, ff=self.is_ancestor_of_target())
+            self._move_to(self.remote_hash, rep, ff=ff)
         except GitError as err:
             rep(f"Git Repo {self.name}: git failed, returning to {self.version}")
             self._return_to(rec, from_hash, rep)
