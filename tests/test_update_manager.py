@@ -274,6 +274,7 @@ def test_status_refresh_param_and_busy(serve, base):
         deadline = time.monotonic() + 30
         while not status(srv)["busy"]:
             assert time.monotonic() < deadline, "never busy"
+            time.sleep(0.05)
         assert srv.post("/machine/update/refresh", json={"name": "ext"}).status_code == 503
         assert srv.post("/machine/update/upgrade", json={"name": "ext"}).status_code == 503
     finally:
@@ -334,7 +335,7 @@ def test_auto_refresh(start_server, base, monkeypatch):
     # one "hour" of refresh_interval lasts 2 s; the refresher checks every 0.5 s
     monkeypatch.setenv("MOONFLASK_UPDATE_HOUR_SECONDS", "2")
     monkeypatch.setenv("MOONFLASK_UPDATE_CHECK_PERIOD", "0.5")
-    window = f"{hour}-{(hour + 1) % 24}"
+    window = f"{hour}-{(hour + 2) % 24}"  # still inside if the hour turns meanwhile
     srv = start_server(config=um_config(
         ext_section("inside", inside, origin.url),
         main=f"enable_auto_refresh: True\nrefresh_interval: 1\nrefresh_window: {window}\n"),
@@ -349,7 +350,7 @@ def test_auto_refresh(start_server, base, monkeypatch):
     assert status(srv, "inside")["commits_behind"][0]["sha"] == new
     srv.stop()
     # outside the window: never refreshed by itself
-    outside = (hour + 2) % 24
+    outside = (hour + 3) % 24
     srv = start_server(config=um_config(
         ext_section("inside", inside, origin.url),
         main=f"enable_auto_refresh: True\nrefresh_interval: 1\n"
