@@ -10,8 +10,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -19,8 +17,8 @@ import time
 
 import pytest
 import requests
-from um_helpers import (Origin, ext_section, fsck_clean, git, head, releases, status,
-                        um_config, update_messages, wait_initialized)
+from um_helpers import (SUPERVISORD, Origin, Supervisord, ext_section, fsck_clean, git, head,
+                        releases, status, um_config, update_messages, wait_initialized)
 
 
 @pytest.fixture
@@ -219,58 +217,20 @@ def test_corrupt_repo_recover_hard(start_server, base):
     assert not os.path.exists(path + ".mf-recover") and not os.path.exists(path + ".mf-backup")
 
 
-BIN = os.path.dirname(sys.executable)
-SUPERVISORD = os.path.join(BIN, "supervisord")
-SUPERVISORCTL = os.path.join(BIN, "supervisorctl")
-
-SV_CONF = """\
-[unix_http_server]
-file={dir}/supervisor.sock
-
-[supervisord]
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}
-nodaemon=true
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{dir}/supervisor.sock
-
-[program:myservice]
-command=/bin/sh {repo}/run.sh
-startsecs=1
-startretries=0
-stopwaitsecs=2
-"""
-
-
 @pytest.mark.skipif(not os.path.exists(SUPERVISORD), reason="supervisor is not installed")
 def test_service_failure_rolls_back(start_server, base):
     origin = Origin(os.path.join(base, "o"))
     good = origin.commit({"run.sh": "exec sleep 100000\n"}, tag="v1.0.0")
     path = origin.clone(os.path.join(base, "myservice"))
     bad = origin.commit({"run.sh": "echo broken >&2; exit 3\n"}, tag="v1.1.0")
-    sdir = os.path.join(base, "sv")
-    os.makedirs(sdir)
-    conf = os.path.join(sdir, "supervisord.conf")
-    with open(conf, "w") as fh:
-        fh.write(SV_CONF.format(dir=sdir, repo=path))
-    sv = subprocess.Popen([SUPERVISORD, "-c", conf], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+    sv = Supervisord(os.path.join(base, "sv"), "myservice", path)
     try:
-        deadline = time.monotonic() + 20
-        while "RUNNING" not in subprocess.run([SUPERVISORCTL, "-c", conf, "status"],
-                                              capture_output=True, text=True).stdout:
-            assert time.monotonic() < deadline, "supervisord did not start myservice"
-            time.sleep(0.2)
         data = os.path.join(base, "data")
         os.makedirs(data)
         with open(os.path.join(data, "moonraker.asvc"), "w") as fh:
             fh.write("myservice\n")
-        config = (f"[machine]\nprovider: supervisord_cli\nsupervisord_config_path: {conf}\n\n"
+        config = (f"[machine]\nprovider: supervisord_cli\n"
+                  f"supervisord_config_path: {sv.conf}\n\n"
                   "[update_manager]\nenable_system_updates: False\n\n"
                   f"[update_manager myservice]\ntype: git_repo\npath: {path}\n"
                   f"origin: {origin.url}\n")
@@ -289,13 +249,6 @@ def test_service_failure_rolls_back(start_server, base):
         st = status(srv, "myservice")
         assert st["version"] == "v1.0.0-0"
         assert any("Rolled back to v1.0.0-0" in a for a in st["anomalies"])
-        out = subprocess.run([SUPERVISORCTL, "-c", conf, "status", "myservice"],
-                             capture_output=True, text=True).stdout
-        assert "RUNNING" in out, out
+        assert sv.running("myservice")
     finally:
-        sv.send_signal(signal.SIGTERM)
-        try:
-            sv.wait(10)
-        except subprocess.TimeoutExpired:
-            sv.kill()
-        shutil.rmtree(sdir, ignore_errors=True)
+        sv.stop()

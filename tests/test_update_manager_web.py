@@ -13,7 +13,8 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from um_helpers import status, um_config, update_messages, wait_initialized
+from um_helpers import (SUPERVISORD, Supervisord, status, um_config, update_messages,
+                        wait_initialized)
 
 
 def make_zip(version: str, files: dict[str, str], owner: str = "acme",
@@ -235,4 +236,33 @@ def test_github_rate_limit_respected(start_server, tmp_root, github):
     assert res["github_requests_remaining"] == 0
     assert res["version_info"]["client"]["last_error"].startswith("GitHub rate limit reached")
     assert len([r for r in github.requests if r.endswith("/releases")]) == asked
+
+
+@pytest.mark.skipif(not os.path.exists(SUPERVISORD), reason="supervisor is not installed")
+def test_zip_service_failure_restores_release(start_server, tmp_root, github):
+    base = os.path.join(tmp_root, "umw", "zipsvc")
+    path = os.path.join(base, "mysvc")
+    install(path, "v1.0.0", {"run.sh": "exec sleep 100000\n"})
+    github.release("acme/client", "v1.1.0", "mysvc.zip",
+                   make_zip("v1.1.0", {"run.sh": "exit 3\n"}))
+    sv = Supervisord(os.path.join(base, "sv"), "mysvc", path)
+    try:
+        data = os.path.join(base, "data")
+        os.makedirs(data)
+        with open(os.path.join(data, "moonraker.asvc"), "w") as fh:
+            fh.write("mysvc\n")
+        srv = start_server(config=(
+            f"[machine]\nprovider: supervisord_cli\nsupervisord_config_path: {sv.conf}\n\n"
+            "[update_manager]\nenable_system_updates: False\n\n"
+            + web_section("mysvc", path, kind="zip")), data_path=data)
+        wait_initialized(srv)
+        assert status(srv, "mysvc")["remote_version"] == "v1.1.0"
+        resp = srv.post("/machine/update/upgrade", json={"name": "mysvc"}, timeout=120)
+        assert resp.status_code == 500
+        assert "Rolled back to v1.0.0" in resp.json()["error"]["message"]
+        assert open(os.path.join(path, "run.sh")).read() == "exec sleep 100000\n"
+        assert status(srv, "mysvc")["version"] == "v1.0.0"
+        assert sv.running("mysvc")
+    finally:
+        sv.stop()
 

@@ -4,7 +4,10 @@ moonflask configured to manage them."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -128,3 +131,67 @@ def update_messages(ws: Any, timeout: float = 60.0) -> list[dict]:
         out.append(msg["params"][0])
         if msg["params"][0]["complete"]:
             return out
+
+
+BIN = os.path.dirname(sys.executable)
+SUPERVISORD = os.path.join(BIN, "supervisord")
+SUPERVISORCTL = os.path.join(BIN, "supervisorctl")
+
+SV_CONF = """\
+[unix_http_server]
+file={dir}/supervisor.sock
+
+[supervisord]
+logfile={dir}/supervisord.log
+pidfile={dir}/supervisord.pid
+childlogdir={dir}
+nodaemon=true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{dir}/supervisor.sock
+
+[program:{name}]
+command=/bin/sh {path}/run.sh
+startsecs=1
+startretries=0
+stopwaitsecs=2
+"""
+
+
+class Supervisord:
+    """A real supervisord (PyPI ``supervisor``) in ``folder`` running program
+    ``name`` as ``/bin/sh PATH/run.sh``; waits until it runs."""
+
+    def __init__(self, folder: str, name: str, path: str) -> None:
+        os.makedirs(folder)
+        self.folder = folder
+        self.conf = os.path.join(folder, "supervisord.conf")
+        with open(self.conf, "w") as fh:
+            fh.write(SV_CONF.format(dir=folder, name=name, path=path))
+        self.proc = subprocess.Popen([SUPERVISORD, "-c", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not self.running(name):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"supervisord did not start {name}")
+            time.sleep(0.2)
+
+    def running(self, name: str) -> bool:
+        """True when supervisorctl reports ``name`` RUNNING."""
+        out = subprocess.run([SUPERVISORCTL, "-c", self.conf, "status", name],
+                             capture_output=True, text=True).stdout
+        return "RUNNING" in out
+
+    def stop(self) -> None:
+        """Stop supervisord and its programs; remove the folder."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
