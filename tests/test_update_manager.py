@@ -95,6 +95,11 @@ def test_refresh_lists_pushed_commits_and_tags(serve, base):
     res = ws.call("machine.update.refresh", {"name": "ext"}, timeout=30)
     note = ws.wait_notification("notify_update_refreshed")
     assert note["params"][0]["version_info"]["ext"]["remote_hash"] == new2
+    ref = reference("update_manager_rpc_refresh_myext")
+    for ours, theirs in ((res, ref["body"]["result"]),
+                         (note["params"][0], ref["notifications"][0]["params"][0])):
+        assert shape_diff({**theirs, "version_info": theirs["version_info"]["myext"]},
+                          {**ours, "version_info": ours["version_info"]["ext"]}) == []
     st = res["version_info"]["ext"]
     assert [(c["sha"], c["tag"]) for c in st["commits_behind"]] == [(new2, "v0.3.0"),
                                                                    (new1, None)]
