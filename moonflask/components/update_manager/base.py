@@ -39,15 +39,12 @@ class Reporter:
             ``full`` walks through its updaters).
     Attributes:
         proc_id: the id of this update request, unique per request.
-        messages: every message sent, in order (``(application, message,
-            complete)``).
     """
 
     def __init__(self, server: Any, application: str) -> None:
         self.server = server
         self.application = application
         self.proc_id = random.randint(10**11, 10**15)
-        self.messages: list[tuple[str, str, bool]] = []
 
     def __call__(self, message: str, complete: bool = False) -> None:
         """Log ``message`` and send it as one ``notify_update_response``."""
@@ -55,7 +52,6 @@ class Reporter:
         if not message:
             return
         log.info("update %s: %s", self.application, message)
-        self.messages.append((self.application, message, complete))
         self.server.events.notify("notify_update_response", [{
             "message": message, "application": self.application,
             "proc_id": self.proc_id, "complete": complete}])
@@ -83,7 +79,6 @@ class BaseUpdater:
         self.manager = manager
         self.server = manager.server
         self.name = name
-        self.section = section
         get = (section.get if section is not None else (lambda _o, d=None: d))
         self.channel = (get("channel", default_channel) or default_channel).lower()
         if self.channel not in CHANNELS:

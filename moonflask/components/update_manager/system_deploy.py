@@ -37,7 +37,6 @@ class SystemUpdater(BaseUpdater):
         self.use_packagekit = use_packagekit
         self.packages: list[str] = []
         self.package_ids: list[str] = []
-        self.last_error = ""
 
     def _packagekit(self) -> PackageKit | None:
         if not self.use_packagekit:
@@ -53,8 +52,8 @@ class SystemUpdater(BaseUpdater):
         self.manager.run_streaming(env_cmd, rep or (lambda *_a, **_k: None))
 
     def refresh(self) -> None:
-        """Refresh the package index and list the upgradable packages."""
-        self.last_error = ""
+        """Refresh the package index and list the upgradable packages; a
+        failure is logged and reported in ``server.info`` warnings."""
         try:
             pk = self._packagekit()
             if pk is not None:
@@ -65,12 +64,18 @@ class SystemUpdater(BaseUpdater):
                 self._apt(["update"])
                 self.packages = self._apt_upgradable()
             else:
-                self.last_error = "No package manager found (PackageKit or apt-get)"
+                self._warn("no package manager found (PackageKit or apt-get)")
         except (UpdateError, PackageKitError) as err:
-            self.last_error = str(err)
-            log.error("system package refresh failed: %s", err)
+            self._warn(str(err))
         finally:
             self.mark_refreshed()
+
+    def _warn(self, message: str) -> None:
+        log.error("system package refresh failed: %s", message)
+        text = f"[update_manager]: system package refresh failed: {message}"
+        warnings = self.server.config.runtime_warnings
+        if text not in warnings:
+            warnings.append(text)
 
     def _apt_upgradable(self) -> list[str]:
         from gevent import subprocess
