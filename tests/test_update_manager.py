@@ -239,7 +239,7 @@ def test_errors_match_reference(serve, base):
 
 def test_builtin_entries(serve, base):
     srv = serve(um_config("[update_manager estimator]\ntype: executable\nrepo: a/b\n"
-                          "path: /nonexistent\n"))
+                          "path: /nonexistent\n", main="channel: beta\n"))
     vi = status(srv)["version_info"]
     assert "estimator" not in vi
     warnings = srv.result("GET", "/server/info")["warnings"]
@@ -250,6 +250,7 @@ def test_builtin_entries(serve, base):
     assert own["configured_type"] == "git_repo" and own["repo_detected"]
     assert own["current_hash"] == git(REPO, "rev-parse", "HEAD").strip()
     k = vi["klipper"]
+    assert own["channel"] == k["channel"] == "beta"  # [update_manager] channel
     # the simulated printer's Klippy is a pip install: not updatable, and says why
     assert not k["is_valid"] and not k["repo_detected"]
     assert any("not a git checkout" in w for w in k["warnings"])
