@@ -8,7 +8,11 @@ The configuration: ``[update_manager]`` without system updates, and one
 here with tagged releases (v0.1.0, v0.2.0) and one commit after the last tag,
 the clone kept one release behind.  The reference's own ``moonraker`` and
 ``klipper`` entries describe its pip install and the simulated printer's
-pip-installed Klippy.  Nothing here reaches the network.
+pip-installed Klippy.  Recorded: status, refresh (with its
+notify_update_refreshed), upgrade / rollback / soft recovery with their
+notify_update_response streams, the errors for unknown updaters and a
+missing name, and the refusals while printing (and the answer while
+paused).  Error tracebacks are dropped.  Nothing here reaches the network.
 
     .venv/bin/python scripts/capture_update_manager.py \
         --reference-python .reference-venv/bin/python
