@@ -7,6 +7,7 @@ the shapes recorded from the real Moonraker 0.11.0
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -408,3 +409,28 @@ def test_bad_configuration_is_reported(start_server, base):
     warnings = srv.result("GET", "/server/info")["warnings"]
     assert any("option 'channel' must be one of stable, beta, dev, not 'nightly'" in w
                for w in warnings), warnings
+
+
+def test_dependency_failure_rolls_back(serve, base, monkeypatch):
+    origin, tags = releases(os.path.join(base, "o"))
+    path = origin.clone(os.path.join(base, "ext"), at=tags["dev"])
+    broken = origin.commit({"requirements.txt": "no-such-package-mf==9.9\n"})
+    venv = os.path.join(base, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    venv], check=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    srv = serve(um_config(ext_section("ext", path, origin.url,
+                                      f"virtualenv: {venv}\nrequirements: requirements.txt")))
+    assert status(srv, "ext")["remote_hash"] == broken
+    ws = srv.ws()
+    resp = srv.post("/machine/update/upgrade", json={"name": "ext"}, timeout=120)
+    assert resp.status_code == 500
+    assert "dependencies did not install" in resp.json()["error"]["message"]
+    msgs = [m["message"] for m in update_messages(ws, timeout=120)]
+    assert "Git Repo ext: Updating python packages..." in msgs
+    assert any("rolling back to v0.3.0-beta.1-1" in m for m in msgs)
+    assert "Git Repo ext: no requirements.txt in this version" in msgs
+    assert head(path) == tags["dev"] and fsck_clean(path)
+    assert not os.path.exists(os.path.join(path, "requirements.txt"))
+    st = status(srv, "ext")
+    assert st["is_valid"] and any("Rolled back to" in a for a in st["anomalies"])

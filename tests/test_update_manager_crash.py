@@ -118,7 +118,7 @@ def test_kill_during_upgrade_recovers(start_server, base):
     # kill points: at evenly spaced delays, and the instant the journal
     # reaches each step of the update
     points = [("after", d) for d in (0.05, 0.5, 1.0, 1.5, 2.0, 2.5, 3.5, 6.0)] + \
-        [("step", s) for s in ("begin", "git_done", "deps_done")]
+        [("step", s) for s in ("begin", "git_done")]
     for kind, when in points:
         delay = (kind, when)
         srv = start_server(config=config, data_path=data)
@@ -243,7 +243,7 @@ def test_service_failure_rolls_back(start_server, base):
         assert "Rolled back to v1.0.0-0" in resp.json()["error"]["message"]
         msgs = [m["message"] for m in update_messages(ws)]
         assert "Git Repo myservice: Restarting service myservice..." in msgs
-        assert any("did not come back" in m and "rolling back to v1.0.0-0" in m for m in msgs)
+        assert any("did not start" in m and "rolling back to v1.0.0-0" in m for m in msgs)
         assert msgs[-1].startswith("Error: ")
         assert head(path) == good and fsck_clean(path)
         st = status(srv, "myservice")

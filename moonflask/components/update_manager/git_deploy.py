@@ -102,6 +102,8 @@ class GitRepo(BaseUpdater):
         self.requirements: str | None = opt("requirements")
         self.system_dependencies: str | None = opt("system_dependencies")
         self.install_script: str | None = opt("install_script")
+        self.enable_node_updates = (section.getboolean("enable_node_updates", False)
+                                    if section is not None else False)
         is_service = (section.getboolean("is_system_service", True)
                       if section is not None else True)
         if section is not None and "managed_services" in section:
@@ -428,21 +430,33 @@ class GitRepo(BaseUpdater):
     def _complete(self, rec: dict[str, Any], rep: Reporter) -> None:
         """The steps after git: dependencies, services, verification."""
         frm, to = rec["from_hash"], rec["to_hash"]
-        self._update_deps(frm, to, rep, force=rec["step"] != jn.GIT_DONE)
-        self.manager.journal.step(rec, jn.DEPS_DONE)
+        try:
+            self._update_deps(frm, to, rep, force=rec["step"] != jn.GIT_DONE)
+        except UpdateError as err:
+            self._roll_back(rec, rep, f"its dependencies did not install ({err})")
         self.manager.journal.step(rec, jn.SERVICES)
         failed = self._restart_services(rep)
         if failed:
-            rep(f"Git Repo {self.name}: service {failed} did not come back after the "
-                f"update; rolling back to {rec['from_version']}")
-            self.manager.journal.step(rec, jn.ROLLING_BACK)
-            self._return_to(rec, frm, rep, deps_from=to)
-            self._restart_services(rep)
-            note = (f"Rolled back to {rec['from_version']}: service {failed} did not "
-                    f"start after the update to {rec['to_version']}")
-            self.manager.journal.put(self.name, recovery_note=note)
-            raise UpdateError(f"Git Repo {self.name}: {note}")
+            self._roll_back(rec, rep, f"service {failed} did not start")
         self.manager.journal.finish(rec)
+
+    def _roll_back(self, rec: dict[str, Any], rep: Reporter, why: str) -> None:
+        """Return a failed update to ``from_hash`` (dependencies reinstalled
+        as far as they go, services restarted) and raise UpdateError."""
+        frm, to = rec["from_hash"], rec["to_hash"]
+        rep(f"Git Repo {self.name}: {why} after the update; rolling back to "
+            f"{rec['from_version']}")
+        self.manager.journal.step(rec, jn.ROLLING_BACK)
+        try:
+            self._return_to(rec, frm, rep, deps_from=to)
+        except UpdateError as err:  # the old dependencies: reported, the repo is back
+            rep(f"Git Repo {self.name}: reinstalling the previous dependencies failed: {err}")
+            self.manager.journal.finish(rec)
+        self._restart_services(rep)
+        note = (f"Rolled back to {rec['from_version']}: {why} after the update to "
+                f"{rec['to_version']}")
+        self.manager.journal.put(self.name, recovery_note=note)
+        raise UpdateError(f"Git Repo {self.name}: {note}")
 
     def _return_to(self, rec: dict[str, Any], commit: str, rep: Reporter | None,
                    deps_from: str | None = None) -> None:
@@ -490,13 +504,23 @@ class GitRepo(BaseUpdater):
         return bool(out.strip())
 
     def _update_deps(self, frm: str, to: str, rep: Any, force: bool = False) -> None:
+        """Install what changed between ``frm`` and ``to`` (all when ``force``):
+        python requirements, node packages, system dependencies.
+        Raises UpdateError."""
+        req = os.path.join(self.path or "", self.requirements or "")
         if self.virtualenv and self.requirements and (force or self._changed(
                 frm, to, self.requirements)):
-            req = os.path.join(self.path or "", self.requirements)
-            rep(f"Git Repo {self.name}: Updating python packages...")
-            self.manager.run_streaming(
-                [os.path.join(self.virtualenv, "bin", "python"), "-m", "pip", "install",
-                 "--disable-pip-version-check", "-r", req], rep)
+            if os.path.isfile(req):
+                rep(f"Git Repo {self.name}: Updating python packages...")
+                self.manager.run_streaming(
+                    [os.path.join(self.virtualenv, "bin", "python"), "-m", "pip", "install",
+                     "--disable-pip-version-check", "-r", req], rep)
+            else:
+                rep(f"Git Repo {self.name}: no {self.requirements} in this version")
+        if self.enable_node_updates and (force or self._changed(frm, to, "package-lock.json")):
+            rep(f"Git Repo {self.name}: Updating node packages...")
+            self.manager.run_streaming(["npm", "ci", "--only=prod", "--prefix",
+                                        self.path or "."], rep)
         for rel, parse in ((self.system_dependencies, self._parse_sysdeps),
                            (self.install_script, self._parse_install_script)):
             if rel and (force or self._changed(frm, to, rel)):

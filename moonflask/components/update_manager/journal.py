@@ -19,8 +19,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Steps of an update, in order.  A journal whose step is before GIT_DONE is
-# returned to the previous version at start; from GIT_DONE on it is completed.
+# Steps of an update, in order.  git_repo: a journal whose step is before
+# GIT_DONE is returned to the previous version at start; from GIT_DONE on
+# (dependencies, SERVICES) it is completed; ROLLING_BACK is finished.
+# python: DEPS_DONE once pip installed the target.  web/zip: "swap" once the
+# new release is unpacked and its renames begin.
 BEGIN = "begin"
 GIT_DONE = "git_done"
 DEPS_DONE = "deps_done"
