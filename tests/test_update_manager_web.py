@@ -1,4 +1,4 @@
-"""The ``web`` and ``zip`` updaters against a small HTTP server on 127.0.0.1
+"""The ``web``, ``zip`` and ``executable`` updaters against a small HTTP server on 127.0.0.1
 that answers GitHub's releases API (with its rate-limit headers) and serves
 the release zips (moonflask reaches it through MOONFLASK_GITHUB_API_URL)."""
 from __future__ import annotations
@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 import zipfile
@@ -266,3 +267,32 @@ def test_zip_service_failure_restores_release(start_server, tmp_root, github):
     finally:
         sv.stop()
 
+
+
+def test_executable_upgrade_rollback(start_server, tmp_root, github):
+    base = os.path.join(tmp_root, "umw", "exe")
+    path = os.path.join(base, "estimator")
+    os.makedirs(path)
+    with open(os.path.join(path, "release_info.json"), "w") as fh:
+        json.dump({"project_name": "client", "project_owner": "acme", "version": "v3.7.0",
+                   "asset_name": "estimator_linux"}, fh)
+    with open(os.path.join(path, "estimator_linux"), "w") as fh:
+        fh.write("#!/bin/sh\necho 3.7.0\n")
+    os.chmod(os.path.join(path, "estimator_linux"), 0o755)
+    github.release("acme/client", "v3.8.0", "estimator_linux", b"#!/bin/sh\necho 3.8.0\n")
+    srv = start_server(config=um_config(web_section("estimator", path, "is_system_service: False",
+                                                    kind="executable")),
+                       data_path=os.path.join(base, "data"))
+    wait_initialized(srv)
+    st = status(srv, "estimator")
+    assert (st["configured_type"], st["version"], st["remote_version"], st["is_valid"]) == \
+        ("executable", "v3.7.0", "v3.8.0", True)
+    assert srv.result("POST", "/machine/update/upgrade", json={"name": "estimator"},
+                      timeout=60) == "ok"
+    exe = os.path.join(path, "estimator_linux")
+    assert subprocess.run([exe], capture_output=True, text=True).stdout == "3.8.0\n"
+    st = status(srv, "estimator")
+    assert (st["version"], st["rollback_version"]) == ("v3.8.0", "v3.7.0")
+    assert srv.result("POST", "/machine/update/rollback", json={"name": "estimator"}) == "ok"
+    assert subprocess.run([exe], capture_output=True, text=True).stdout == "3.7.0\n"
+    assert status(srv, "estimator")["version"] == "v3.7.0"

@@ -6,7 +6,7 @@ packages and the extensions of ``[update_manager NAME]`` sections.
 ``refresh_interval`` (hours, default 672), ``refresh_window`` (``H1-H2``,
 default ``0-5``, may wrap midnight), ``enable_system_updates``,
 ``enable_packagekit``, ``channel`` (for moonraker and klipper).  Extension
-types: ``git_repo``, ``web``, ``zip``, ``python``.
+types: ``git_repo``, ``web``, ``zip``, ``executable``, ``python``.
 
 One update at a time (``busy``); none while Klippy prints.  Each update
 request streams ``notify_update_response`` messages (the last with
@@ -123,32 +123,22 @@ class UpdateManager:
                 continue
             if name in self.updaters:
                 raise ConfigError(f"[{sec_name}]: duplicate updater name")
-            upd = self._build_extension(name, cfg.section(sec_name))
-            if upd is None:  # a type moonflask does not implement: said, not dropped
-                for opt in cfg.section(sec_name).options():
-                    cfg.section(sec_name).get(opt, None)
-                cfg.runtime_warnings.append(
-                    f"[{sec_name}]: type 'executable' is not supported by moonflask; "
-                    "this extension is not managed")
-                continue
-            self.updaters[name] = upd
+            self.updaters[name] = self._build_extension(name, cfg.section(sec_name))
 
-    def _build_extension(self, name: str, sec: Any) -> BaseUpdater | None:
+    def _build_extension(self, name: str, sec: Any) -> BaseUpdater:
         kind = sec.get("type")
         if kind == "git_repo":
             path = sec.get("path")
             sec.get("origin")  # required
             return GitRepo(self, name, sec, path)
-        if kind in ("web", "zip"):
+        if kind in ("web", "zip", "executable"):
             from .web_deploy import WebUpdater
             return WebUpdater(self, name, sec, kind)
         if kind == "python":
             from .python_deploy import PythonUpdater
             return PythonUpdater(self, name, sec)
-        if kind == "executable":
-            return None
         raise ConfigError(f"[update_manager {name}]: unsupported type '{kind}' "
-                          "(git_repo, web, zip, python or executable)")
+                          "(git_repo, web, zip, executable or python)")
 
     def _on_klippy_identified(self) -> None:
         info = self.server.klippy.info or {}

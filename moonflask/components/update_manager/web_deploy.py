@@ -1,5 +1,7 @@
-"""The ``web`` and ``zip`` updaters: software deployed from GitHub release
-zip files (front ends such as Mainsail/Fluidd; zipped applications).
+"""The ``web``, ``zip`` and ``executable`` updaters: software deployed from
+GitHub release assets (zip files of front ends such as Mainsail/Fluidd or of
+applications; a pre-built binary for ``executable``, which replaces the
+asset file in a copy of the folder instead of unpacking).
 
 The install folder holds ``release_info.json`` (``project_name``,
 ``project_owner``, ``version``, optional ``asset_name``, default
@@ -13,7 +15,8 @@ swaps it in with renames; the previous release stays in ``PATH.mf-rollback``
 for ``rollback``.  Every step is journaled: a crash before the swap leaves
 the old release, a crash during it is completed at start.
 Spec: update_manager.md "Net Hosted Status", configuration.md "Web type",
-"Zip Application Configuration", "The release_info.json file".
+"Zip Application Configuration", "Executable Configuration", "The
+release_info.json file".
 """
 from __future__ import annotations
 
@@ -41,13 +44,13 @@ NET_CHANNELS = ("stable", "beta")
 
 
 class WebUpdater(BaseUpdater):
-    """A ``web`` or ``zip`` updater.
+    """A ``web``, ``zip`` or ``executable`` updater.
 
     Args:
         manager: the UpdateManager.
         name: the section's NAME.
         section: ``[update_manager NAME]``.
-        kind: ``web`` or ``zip``.
+        kind: ``web``, ``zip`` or ``executable``.
     Raises:
         ConfigError: ``repo`` or ``path`` missing, ``repo`` not OWNER/NAME.
     """
@@ -57,7 +60,7 @@ class WebUpdater(BaseUpdater):
     def __init__(self, manager: Any, name: str, section: Any, kind: str) -> None:
         super().__init__(manager, name, section, "stable")
         self.configured_type = kind
-        self.prefix = "Web Client" if kind == "web" else "Application"
+        self.prefix = "Web Client" if kind == "web" else "Application"  # zip, executable
         self.channel_invalid = self.channel not in NET_CHANNELS
         repo = section.get("repo").strip().strip("/")
         if repo.count("/") != 1:
@@ -66,15 +69,15 @@ class WebUpdater(BaseUpdater):
         self.owner, self.repo_name = repo.split("/")
         self.path = os.path.abspath(os.path.expanduser(section.get("path")))
         self.persistent_files = section.getlist("persistent_files", [])
-        if kind == "zip":
+        self.managed_services, self.virtualenv, self.requirements = [], None, None
+        if kind in ("zip", "executable"):
             is_service = section.getboolean("is_system_service", True)
             self.managed_services = section.getlist(
                 "managed_services", [name] if is_service else [], separator=None) or []
+        if kind == "zip":
             venv = section.get("virtualenv", None)
             self.virtualenv = os.path.expanduser(venv) if venv else None
             self.requirements = section.get("requirements", None)
-        else:
-            self.managed_services, self.virtualenv, self.requirements = [], None, None
         self.version = "?"
         self.remote_version = "?"
         self.asset_name = f"{name}.zip"
@@ -100,6 +103,9 @@ class WebUpdater(BaseUpdater):
             else:
                 self.version = str(info.get("version", "?"))
                 self.asset_name = str(info.get("asset_name") or self.asset_name)
+                if self.configured_type == "executable" and not info.get("asset_name"):
+                    self.warnings.append("release_info.json of an executable must name "
+                                         "its asset_name")
                 if (info.get("project_owner"), info.get("project_name")) != \
                         (self.owner, self.repo_name):
                     self.anomalies.append(
@@ -256,6 +262,9 @@ class WebUpdater(BaseUpdater):
                                       f"{self.remote_digest}, got {sha.hexdigest()}")
                 rep(f"{self.prefix} {self.name}: SHA-256 checksum verified")
             shutil.rmtree(new, ignore_errors=True)
+            if self.configured_type == "executable":
+                self._place_executable(tmpzip, new)
+                return
             os.makedirs(new)
             rep(f"{self.prefix} {self.name}: Unpacking...")
             with zipfile.ZipFile(tmpzip) as zf:
@@ -277,6 +286,18 @@ class WebUpdater(BaseUpdater):
             elif os.path.exists(src):
                 os.makedirs(os.path.dirname(os.path.join(new, rel)), exist_ok=True)
                 shutil.copy2(src, os.path.join(new, rel))
+        jn.syncfs(new)
+
+    def _place_executable(self, download: str, new: str) -> None:
+        """``new`` = a copy of the install folder with the downloaded binary
+        in place of the old one and release_info.json naming its version."""
+        shutil.copytree(self.path, new, symlinks=True)
+        target = os.path.join(new, self.asset_name)
+        os.replace(download, target)
+        os.chmod(target, 0o755)
+        info = self._read_release_info() or {}
+        info["version"] = self.remote_version
+        jn.write_json_atomic(os.path.join(new, "release_info.json"), info)
         jn.syncfs(new)
 
     def _swap_in(self, new: str) -> None:
