@@ -249,6 +249,12 @@ def test_builtin_entries(serve, base):
     own = vi["moonraker"]
     assert own["configured_type"] == "git_repo" and own["repo_detected"]
     assert own["current_hash"] == git(REPO, "rev-parse", "HEAD").strip()
+    deadline = time.monotonic() + 30
+    while "not known yet" in " ".join(vi["klipper"]["warnings"]):
+        # Klippy's path arrives when it identifies; the entry is refreshed then
+        assert time.monotonic() < deadline, vi["klipper"]
+        time.sleep(0.1)
+        vi = status(srv)["version_info"]
     k = vi["klipper"]
     assert own["channel"] == k["channel"] == "beta"  # [update_manager] channel
     # the simulated printer's Klippy is a pip install: not updatable, and says why
