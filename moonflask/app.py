@@ -63,6 +63,7 @@ COMPONENTS: dict[str, tuple[str, str | None]] = {
     "paneldue": ("moonflask.components.paneldue", "paneldue"),
     "spoolman": ("moonflask.components.spoolman", "spoolman"),
     "zeroconf": ("moonflask.components.zeroconf", "zeroconf"),
+    "update_manager": ("moonflask.components.update_manager", "update_manager"),
 }
 
 #: Sections the reference lists in ``server.config`` for its core services
@@ -93,6 +94,7 @@ BLUEPRINTS: dict[str, str | None] = {
     "wled": "wled",
     "spoolman": "spoolman",
     "zeroconf": "zeroconf",
+    "update_manager": "update_manager",
     "debug": DEBUG_ONLY,
 }
 

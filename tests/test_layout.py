@@ -68,7 +68,10 @@ def _imports(mod: str) -> set[str]:
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            names = [target] + [f"{target}.{a.name}" for a in node.names]
+            subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
+            # ``from pkg import submodule`` needs the submodule, not the package
+            # body (a parent package is always set up first)
+            names = subs if subs else [target]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         out.update(n for n in names if n in MODULES and n != mod)

@@ -1,0 +1,145 @@
+"""Running git (through the ``sh`` library) durably and cooperatively.
+
+Every command gets ``-c core.fsync=all -c core.fsyncMethod=fsync`` so that
+objects, packs, refs and the index git writes are on disk before git
+exits, and runs with ``GIT_TERMINAL_PROMPT=0`` and the C locale (messages are
+parsed).  Spec: update_manager.md; issue 12 "every git command moonflask runs
+writes durably".
+
+``sh`` under gevent: sh closes file descriptors with ``os.close``, which
+gevent's monkey-patching turns into a deferred close that waits on the hub;
+in the forked child that fails ("epoll_wait: Bad file descriptor") and in
+the parent the exec-status pipe is never seen closed.  :func:`_sh` gives
+sh's module the unpatched ``posix.close`` (nothing of gevent watches the
+pipes sh closes); its reader threads are greenlets and ``waitpid`` is
+cooperative, so a running git never blocks the hub.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import posix
+import signal
+import types
+from typing import Any, Callable
+
+import gevent
+
+log = logging.getLogger(__name__)
+
+FSYNC_OPTS = ("-c", "core.fsync=all", "-c", "core.fsyncMethod=fsync")
+DEFAULT_TIMEOUT = 600.0  # seconds for one git command (a clone of a big repo)
+_SH: Any = None
+
+
+class GitError(Exception):
+    """A git command failed.
+
+    Attributes:
+        command: the command line (without the fsync options).
+        exit_code: git's exit status (None when it could not run).
+        output: what it printed (stdout + stderr).
+    """
+
+    def __init__(self, command: str, exit_code: int | None, output: str) -> None:
+        last = output.strip().splitlines()[-1] if output.strip() else ""
+        super().__init__(f"git {command} failed ({exit_code}): {last}")
+        self.command = command
+        self.exit_code = exit_code
+        self.output = output
+
+
+def _sh() -> Any:
+    global _SH
+    if _SH is None:
+        import sh
+        globs = sh.Command.__init__.__globals__
+        if not getattr(globs.get("os"), "_moonflask", False):
+            real_os = types.ModuleType("os")
+            real_os.__dict__.update(os.__dict__)
+            real_os.close = posix.close
+            real_os._moonflask = True  # type: ignore[attr-defined]
+            globs["os"] = real_os
+        logging.getLogger("sh").setLevel(logging.WARNING)  # one INFO line per command
+        _SH = sh
+    return _SH
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the forked child: get SIGKILL when moonflask dies, so that a git
+    of a killed moonflask never races the journal recovery of the next one."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+def git_env() -> dict[str, str]:
+    """The environment git runs with."""
+    env = dict(os.environ)
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
+    return env
+
+
+def run_git(path: str | None, *args: str, on_line: Callable[[str], None] | None = None,
+            timeout: float = DEFAULT_TIMEOUT, ok_codes: tuple[int, ...] = (0,)) -> str:
+    """Run ``git -C PATH ARGS`` and return its standard output.
+
+    Args:
+        path: the repository (None: no ``-C``, e.g. ``clone``).
+        on_line: called with each line git prints (stdout and stderr,
+            progress lines split on carriage returns), as it prints it.
+        timeout: seconds before git is killed.
+        ok_codes: exit codes that are not failures.
+    Returns: stdout as text.
+    Raises: GitError on another exit code, a timeout, or when git is missing.
+    """
+    sh = _sh()
+    cmdline = list(FSYNC_OPTS) + (["-C", path] if path else []) + list(args)
+    shown = " ".join(args)
+    out: list[str] = []
+    err: list[str] = []
+
+    def collector(store: list[str]) -> Callable[[str], None]:
+        def cb(chunk: str) -> None:
+            store.append(chunk)
+            if on_line is not None:
+                for line in chunk.replace("\r", "\n").splitlines():
+                    if line.strip():
+                        on_line(line.strip())
+        return cb
+
+    kw: dict[str, Any] = {}
+    if on_line is not None:  # streamed (sh polls callbacks every 0.1 s: only when needed)
+        kw = {"_out": collector(out), "_err": collector(err)}
+    try:
+        proc = sh.Command("git")(*cmdline, _bg=True, _bg_exc=False, _env=git_env(),
+                                 _ok_code=list(ok_codes), _in=None, _tty_out=False,
+                                 _encoding="utf-8", _decode_errors="replace",
+                                 _preexec_fn=die_with_parent, **kw)
+    except sh.CommandNotFound:
+        raise GitError(shown, None, "git is not installed") from None
+    try:
+        with gevent.Timeout(timeout):
+            proc.wait()
+    except gevent.Timeout:
+        proc.kill()
+        raise GitError(shown, None, f"timed out after {timeout:.0f} s") from None
+    except sh.ErrorReturnCode as exc:
+        text = "".join(out) + "".join(err) if on_line is not None else \
+            _text(exc.stdout) + _text(exc.stderr)
+        raise GitError(shown, exc.exit_code, text) from None
+    if on_line is None:
+        out.append(_text(proc.stdout))
+    log.debug("git -C %s %s: ok", path, shown)
+    return "".join(out)
