@@ -46,13 +46,17 @@ class WsClient:
 
     Args:
         url: ``ws://host:port/websocket``.
-        headers: extra upgrade headers (``["Origin: http://x"]``).
+        headers: extra upgrade headers (``["Connection: keep-alive, Upgrade"]``).
+        origin: the page's Origin (default: websocket-client's own).
         read: False for a client that never reads (slow-client tests).
     """
 
     def __init__(self, url: str, headers: list[str] | None = None, read: bool = True,
-                 timeout: float = 10.0) -> None:
-        self.ws = websocket.create_connection(url, header=headers or [], timeout=timeout)
+                 timeout: float = 10.0, origin: str | None = None) -> None:
+        # ``origin`` replaces the client's own Origin header (an "Origin: ..."
+        # in ``headers`` would be sent as a second one)
+        kw = {"origin": origin} if origin else {}
+        self.ws = websocket.create_connection(url, header=headers or [], timeout=timeout, **kw)
         self._ids = iter(range(1, 10**9))
         self._replies: dict[Any, "queue.Queue[dict]"] = {}
         self._lock = threading.Lock()

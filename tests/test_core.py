@@ -261,13 +261,20 @@ def test_jsonrpc_over_http(server):
 
 
 def test_cross_origin_websocket_upgrade(server):
-    # Firefox's header, from a front end served on another origin.
-    client = WsClient(server.ws_url, headers=["Origin: http://192.168.1.20:8080",
-                                              "Connection: keep-alive, Upgrade"])
+    # Firefox's header, from a front end served on another port of a trusted
+    # host (Fluidd on :8080): accepted, as by the reference.
+    client = WsClient(server.ws_url, headers=["Connection: keep-alive, Upgrade"],
+                      origin="http://127.0.0.1:8080")
     try:
         assert client.call("server.info")["klippy_state"] == "ready"
     finally:
         client.close()
+    # a page on a host that is not trusted (and no cors_domains): refused,
+    # as by the reference
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        WsClient(server.ws_url, headers=["Connection: keep-alive, Upgrade"],
+                 origin="http://192.168.1.20:8080")
+    assert err.value.status_code == 403
 
 
 def test_slow_client_does_not_stall_others(server):
