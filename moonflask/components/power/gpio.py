@@ -23,13 +23,14 @@ class GpioDevice(PowerDevice):
     type = "gpio"
     polls = False
     has_timer = True
+    holds_state = True   # the line's level is the device's state (rf: False, idles low)
 
     def __init__(self, power: Any, section: Any) -> None:
         super().__init__(power, section)
         where = f"[{section.name}]"
         self.pin = parse_pin(section.get("pin"), where)
         self.line = OutputLine(self.pin, f"moonflask:{self.name}", where,
-                               initial=self.initial_state == "on")
+                               initial=self.holds_state and self.initial_state == "on")
 
     def query(self) -> bool:
         """Read the state (True: on); raises DeviceError."""
@@ -61,13 +62,16 @@ class RFDevice(GpioDevice):
     so the state is the last code sent."""
 
     type = "rf"
+    holds_state = False
 
     def __init__(self, power: Any, section: Any) -> None:
-        super().__init__(power, section)
+        # the codes are checked before the line is requested (a bad code
+        # leaves no line held); the line idles low until a code is sent
         self.codes = {True: section.get("on_code"), False: section.get("off_code")}
         for code in self.codes.values():
             if not re.fullmatch(r"[01]+", code):
                 raise ConfigError(f"[{section.name}]: RF codes must be binary, not '{code}'")
+        super().__init__(power, section)
         self.state_on = self.initial_state == "on"
 
     def query(self) -> bool:
