@@ -9,8 +9,9 @@ The chip is made by the ``sim_chip`` fixture: configfs mounted at
 and ``value`` (read: the line's level, what moonflask drives on an output)
 under /sys/devices/platform/gpio-sim.X/gpiochipN/sim_gpioK/.  Where the kernel
 offers no configfs or no gpio-sim (as on the development and CI machines of
-moonflask: no /sys/kernel/config, no modprobe), every test here skips saying
-which of them was missing.  The configuration errors of these device types are
+moonflask: no /sys/kernel/config, no modprobe), every test on the chip skips
+saying which of them was missing; only test_rf_waveform_is_protocol_1 (what
+rf sends, through this module's decoder) runs there.  The configuration errors of these device types are
 tested everywhere, in test_power.py and test_button.py.
 
 Lines used (moonflask's pin syntax ``[^|~][!]gpiochipN/gpioK``):
@@ -372,16 +373,18 @@ def test_rf_waveform_is_protocol_1():
 @pytest.mark.parametrize("action,code,other", [("on", "101", "01011"),
                                                ("off", "01011", "101")])
 def test_rf_pulse_train(srv, sim_chip, action, code, other):
-    # the sampler reads sysfs from user space: when the machine does not let it
-    # sample finer than half a unit pulse, it is tried again (the instrument,
-    # not the device, is retried), then the test skips saying so
+    # the sampler reads sysfs from user space: a gap between two samples
+    # shorter than the unit pulse (the shortest high or low) means that no
+    # pulse was missed.  When the machine does not let it sample that finely,
+    # it is tried again (the instrument, not the device, is retried), then the
+    # test skips saying so
     for _attempt in range(3):
         changes, gap = _sample_rf(srv, sim_chip, action)
-        if gap < RF_UNIT / 2:
+        if gap < 0.8 * RF_UNIT:
             break
     else:
-        pytest.skip(f"the sysfs sampler's resolution was {gap * 1e6:.0f} us, coarser than "
-                    f"half the {RF_UNIT * 1e6:.0f} us unit pulse; only the final state "
+        pytest.skip(f"the sysfs sampler's resolution was {gap * 1e6:.0f} us, not finer "
+                    f"than the {RF_UNIT * 1e6:.0f} us unit pulse; only the final state "
                     "(test_rf_final_state) was checked")
     assert changes[0][1] == 0 and changes[-1][1] == 0, changes
     # every pulse is there: the code's bits and the sync, RF_REPEATS times
