@@ -561,7 +561,13 @@ def test_bad_config(start_server, printer_data, tmp_root):
                         ("[power x]\ntype: gpio\npin: !gpiochip9/gpio26\n",
                          "no gpio chip /dev/gpiochip9"),
                         ("[power x]\ntype: rf\npin: gpiochip9/gpio2\non_code: 10\n"
-                         "off_code: 01\n", "no gpio chip /dev/gpiochip9")]:
+                         "off_code: 01\n", "no gpio chip /dev/gpiochip9"),
+                        # the codes are checked before the line is requested, so
+                        # their errors are reported with or without a chip
+                        ("[power x]\ntype: rf\npin: gpiochip9/gpio2\non_code: 10x\n"
+                         "off_code: 01\n", "RF codes must be binary, not '10x'"),
+                        ("[power x]\ntype: rf\npin: gpiochip9/gpio2\non_code: 10\n",
+                         "No option 'off_code'")]:
         data = os.path.join(tmp_root, "badpower")
         os.makedirs(os.path.join(data, "gcodes"), exist_ok=True)
         srv = start_server(config=text, data_path=data)
