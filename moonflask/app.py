@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -422,10 +423,27 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
     def api_error(err: ApiError) -> flask.Response:
         return error_response(err.status, err.message)
 
+    # a malformed request body (a bad chunk size) raises the HTTP server's
+    # parser error from the body read: the client's error, answered 400 and
+    # the connection closed (gunicorn's ParseException, gevent's _InvalidClientInput)
+    body_errors = [getattr(sys.modules.get(mod), name, None) for mod, name in (
+        ("gunicorn.http.errors", "ParseException"), ("gevent.pywsgi", "_InvalidClientInput"))]
+    for exc in body_errors:
+        if exc is not None:
+            app.register_error_handler(exc, _bad_body)
+
     @app.errorhandler(500)
     def internal(err: Any) -> flask.Response:
         log.error("internal error: %s", getattr(err, "original_exception", err))
         return error_response(500, "Internal Server Error")
+
+
+def _bad_body(err: Exception) -> flask.Response:
+    """400 for a request body the HTTP server could not parse; closes the connection."""
+    log.info("malformed request body: %r", err)
+    resp = error_response(400, "Bad Request")
+    resp.headers["Connection"] = "close"
+    return resp
 
 
 def _install_cors(app: flask.Flask, server: Server) -> None:
