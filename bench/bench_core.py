@@ -120,7 +120,7 @@ def main() -> None:
     }
     order = ["rss", "info", "query", "rpc", "p99"]
     wanted = [k for k in order if not args.only or k in args.only.split(",")]
-    rows, guni_rows = [], []
+    rows, guni_rows, base_rows = [], [], []
     with Bench(gunicorn=args.gunicorn) as bench:
         for key in wanted:
             name, higher, fn = figures[key]
@@ -128,12 +128,17 @@ def main() -> None:
             rows.append((name, ours, ref, higher))
             if args.gunicorn:
                 guni_rows.append((name, fn(bench.servers["gunicorn"]), ref, higher))
+            if "baseline" in bench.servers:
+                base_rows.append((name, fn(bench.servers["baseline"]), ref, higher))
     order_out = ["info", "query", "rpc", "p99", "rss"]
     rows.sort(key=lambda r: order_out.index(next(k for k in figures if figures[k][0] == r[0])))
     report(rows)
     if guni_rows:
         print("gunicorn entry (gunicorn -c gunicorn.conf.py wsgi:app) against Moonraker:")
         report(guni_rows)
+    if base_rows:
+        print("baseline ($MOONFLASK_BENCH_BASELINE, python -m moonflask) against Moonraker:")
+        report(base_rows)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ class ServerProc:
 
     Args:
         kind: ``moonflask`` (``python -m moonflask``), ``gunicorn`` (moonflask
-            under ``gunicorn -c gunicorn.conf.py wsgi:app``) or ``moonraker``.
+            under ``gunicorn -c gunicorn.conf.py wsgi:app``), ``baseline``
+            (``python -m moonflask`` from the checkout in $MOONFLASK_BENCH_BASELINE,
+            to compare a change in the same run) or ``moonraker``.
         root: a folder for its data.
         klippy_socket: the simulated printer's socket.
         config: extra moonraker.conf text.
@@ -59,7 +61,11 @@ class ServerProc:
         """Start it and wait for klippy_state ready."""
         log = os.path.join(self.data, "logs", "moonraker.log")
         env = None
-        if self.kind == "moonflask":
+        cwd = REPO
+        if self.kind == "baseline":
+            cmd = [sys.executable, "-m", "moonflask", "-d", self.data, "-l", log]
+            cwd = os.environ["MOONFLASK_BENCH_BASELINE"]
+        elif self.kind == "moonflask":
             cmd = [sys.executable, "-m", "moonflask", "-d", self.data, "-l", log]
         elif self.kind == "gunicorn":
             cmd = [os.path.join(os.path.dirname(sys.executable), "gunicorn"),
@@ -67,7 +73,7 @@ class ServerProc:
             env = dict(os.environ, MOONFLASK_DATA_PATH=self.data)
         else:
             cmd = [REFERENCE_PYTHON, "-m", "moonraker", "-d", self.data, "-l", log]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -120,7 +126,8 @@ class Bench:
 
     def __init__(self, config: str = "", gunicorn: bool = False) -> None:
         self.config = config
-        self.kinds = ("moonflask", "moonraker") + (("gunicorn",) if gunicorn else ())
+        self.kinds = ("moonflask", "moonraker") + (("gunicorn",) if gunicorn else ()) + (
+            ("baseline",) if os.environ.get("MOONFLASK_BENCH_BASELINE") else ())
 
     def __enter__(self) -> "Bench":
         if not os.path.exists(REFERENCE_PYTHON):
