@@ -15,7 +15,6 @@ from typing import Any, Iterator
 
 import gevent
 import gevent.lock
-import gevent.pool
 import gevent.queue
 
 from wsproto.events import TextMessage
@@ -65,7 +64,7 @@ class Connection:
         self.closed = False
         self._queued = 0  # characters waiting in the queue
         self._queue: gevent.queue.Queue = gevent.queue.Queue(OUTBOUND_QUEUE_SIZE)
-        self._pool = gevent.pool.Pool(REQUEST_CONCURRENCY)
+        self._slots = gevent.lock.BoundedSemaphore(REQUEST_CONCURRENCY)  # requests in flight
         self._write_lock = gevent.lock.Semaphore()  # one writer of the transport at a time
         self._writer = gevent.spawn(self._write_loop)
 
@@ -149,15 +148,23 @@ class Connection:
 
     # -- inbound ---------------------------------------------------------
     def handle_frame(self, raw: bytes | str) -> None:
-        """Execute one JSON-RPC frame in this connection's pool; the reply is
-        queued.  Blocks the reader when REQUEST_CONCURRENCY are in flight."""
-        self._pool.spawn(self._run_frame, raw)
+        """Execute one JSON-RPC frame in a greenlet of its own; the reply is
+        written or queued.  Blocks the reader when REQUEST_CONCURRENCY are in
+        flight.  A raw greenlet and a semaphore: a Pool's Greenlet objects,
+        links and bookkeeping cost more than the dispatch of a quick call."""
+        self._slots.acquire()
+        gevent.spawn_raw(self._run_frame, raw)
 
     def _run_frame(self, raw: bytes | str) -> None:
-        reply = self.server.jsonrpc.dispatch(raw, transport=self.transport, connection=self,
-                                             user=self.user, ip=self.ip)
-        if reply is not None:
-            self.send_reply(reply)
+        try:
+            reply = self.server.jsonrpc.dispatch(raw, transport=self.transport,
+                                                 connection=self, user=self.user, ip=self.ip)
+            if reply is not None:
+                self.send_reply(reply)
+        except Exception:  # dispatch answers errors itself: this is a bug, keep serving
+            log.exception("connection %s: request failed", self.uid)
+        finally:
+            self._slots.release()
 
     # -- identify --------------------------------------------------------
     def identify(self, client_name: str, version: str, client_type: str, url: str) -> None:
