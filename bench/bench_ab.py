@@ -3,7 +3,7 @@ against a baseline checkout ($MOONFLASK_BENCH_BASELINE, e.g. ``git archive
 HEAD~1 | tar -x -C /tmp/base``) and Moonraker, measured in alternating order
 for ``ROUNDS`` rounds (the machine is shared: compare medians and pairs).
 
-    MOONFLASK_BENCH_BASELINE=/tmp/base python bench/bench_ab.py rpc|p99 [ROUNDS]
+    MOONFLASK_BENCH_BASELINE=/tmp/base python bench/bench_ab.py rpc|info|p99 [ROUNDS]
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import statistics
 import sys
 
-from bench_core import notify_latency_p99, rpc_calls_per_second
+from bench_core import notify_latency_p99, rpc_calls_per_second, wrk_rps
 from common import Bench
 
 
@@ -26,8 +26,12 @@ def main() -> int:
             order = ["moonflask", "baseline"] if i % 2 == 0 else ["baseline", "moonflask"]
             for kind in order + ["moonraker"]:
                 srv = bench.servers[kind]
-                res[kind].append(rpc_calls_per_second(srv, 5) if what == "rpc"
-                                 else notify_latency_p99(srv, 20))
+                if what == "rpc":
+                    res[kind].append(rpc_calls_per_second(srv, 5))
+                elif what == "info":
+                    res[kind].append(wrk_rps(srv.url + "/server/info", 5))
+                else:
+                    res[kind].append(notify_latency_p99(srv, 20))
     for kind, values in res.items():
         print(f"{what} {kind:<10} median {statistics.median(values):9.1f}  "
               f"{[round(v, 1) for v in values]}")
