@@ -101,23 +101,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="duration of each load run")
     parser.add_argument("--rounds", type=int, default=30, help="notification rounds")
+    parser.add_argument("--gunicorn", action="store_true",
+                        help="also measure the gunicorn entry (gunicorn -c gunicorn.conf.py)")
+    parser.add_argument("--only", default="", help="comma list of figures: rss,info,query,rpc,p99")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    with Bench() as bench:
-        rss = measure_both(bench, lambda s: s.rss_kib() / 1024)
-        info = measure_both(bench, lambda s: wrk_rps(s.url + "/server/info", args.seconds))
-        query = measure_both(bench, lambda s: wrk_rps(
-            s.url + "/printer/objects/query?toolhead", args.seconds))
-        rpc = measure_both(bench, lambda s: rpc_calls_per_second(s, args.seconds))
-        p99 = measure_both(bench, lambda s: notify_latency_p99(s, args.rounds))
-    report([
-        ("GET /server/info, 32 connections (req/s)", *info, True),
-        ("GET /printer/objects/query?toolhead, 32 conn (req/s)", *query, True),
-        ("JSON-RPC server.info over 8 websockets (calls/s)", *rpc, True),
-        ("notify_gcode_response to 100 websockets, p99 (ms)", *p99, False),
-        ("idle RSS (MiB)", *rss, False),
-    ])
+    figures = {
+        "info": ("GET /server/info, 32 connections (req/s)", True,
+                 lambda s: wrk_rps(s.url + "/server/info", args.seconds)),
+        "query": ("GET /printer/objects/query?toolhead, 32 conn (req/s)", True,
+                  lambda s: wrk_rps(s.url + "/printer/objects/query?toolhead", args.seconds)),
+        "rpc": ("JSON-RPC server.info over 8 websockets (calls/s)", True,
+                lambda s: rpc_calls_per_second(s, args.seconds)),
+        "p99": ("notify_gcode_response to 100 websockets, p99 (ms)", False,
+                lambda s: notify_latency_p99(s, args.rounds)),
+        "rss": ("idle RSS (MiB)", False, lambda s: s.rss_kib() / 1024),
+    }
+    order = ["rss", "info", "query", "rpc", "p99"]
+    wanted = [k for k in order if not args.only or k in args.only.split(",")]
+    rows, guni_rows, base_rows = [], [], []
+    with Bench(gunicorn=args.gunicorn) as bench:
+        for key in wanted:
+            name, higher, fn = figures[key]
+            ours, ref = measure_both(bench, fn)
+            rows.append((name, ours, ref, higher))
+            if args.gunicorn:
+                guni_rows.append((name, fn(bench.servers["gunicorn"]), ref, higher))
+            if "baseline" in bench.servers:
+                base_rows.append((name, fn(bench.servers["baseline"]), ref, higher))
+    order_out = ["info", "query", "rpc", "p99", "rss"]
+    rows.sort(key=lambda r: order_out.index(next(k for k in figures if figures[k][0] == r[0])))
+    report(rows)
+    if guni_rows:
+        print("gunicorn entry (gunicorn -c gunicorn.conf.py wsgi:app) against Moonraker:")
+        report(guni_rows)
+    if base_rows:
+        print("baseline ($MOONFLASK_BENCH_BASELINE, python -m moonflask) against Moonraker:")
+        report(base_rows)
 
 
 if __name__ == "__main__":

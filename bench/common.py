@@ -30,7 +30,10 @@ class ServerProc:
     """One API server process (moonflask or Moonraker) with its own data path.
 
     Args:
-        kind: ``moonflask`` or ``moonraker``.
+        kind: ``moonflask`` (``python -m moonflask``), ``gunicorn`` (moonflask
+            under ``gunicorn -c gunicorn.conf.py wsgi:app``), ``baseline``
+            (``python -m moonflask`` from the checkout in $MOONFLASK_BENCH_BASELINE,
+            to compare a change in the same run) or ``moonraker``.
         root: a folder for its data.
         klippy_socket: the simulated printer's socket.
         config: extra moonraker.conf text.
@@ -57,12 +60,21 @@ class ServerProc:
     def start(self) -> "ServerProc":
         """Start it and wait for klippy_state ready."""
         log = os.path.join(self.data, "logs", "moonraker.log")
-        if self.kind == "moonflask":
+        env = None
+        cwd = REPO
+        if self.kind == "baseline":
             cmd = [sys.executable, "-m", "moonflask", "-d", self.data, "-l", log]
+            cwd = os.environ["MOONFLASK_BENCH_BASELINE"]
+        elif self.kind == "moonflask":
+            cmd = [sys.executable, "-m", "moonflask", "-d", self.data, "-l", log]
+        elif self.kind == "gunicorn":
+            cmd = [os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+                   "-c", "gunicorn.conf.py", "wsgi:app"]
+            env = dict(os.environ, MOONFLASK_DATA_PATH=self.data)
         else:
             cmd = [REFERENCE_PYTHON, "-m", "moonraker", "-d", self.data, "-l", log]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -74,9 +86,18 @@ class ServerProc:
             time.sleep(0.1)
         raise TimeoutError(f"{self.kind} did not become ready")
 
+    def server_pid(self) -> int:
+        """The pid serving requests (gunicorn: its one worker, else the process)."""
+        if self.kind == "gunicorn":
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as fh:
+                children = fh.read().split()
+            if children:
+                return int(children[0])
+        return self.proc.pid
+
     def rss_kib(self) -> int:
-        """Resident set size of the server process, KiB."""
-        with open(f"/proc/{self.proc.pid}/status") as fh:
+        """Resident set size of the server process (gunicorn: its worker), KiB."""
+        with open(f"/proc/{self.server_pid()}/status") as fh:
             for line in fh:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
@@ -84,7 +105,7 @@ class ServerProc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used, seconds."""
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
+        with open(f"/proc/{self.server_pid()}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
@@ -103,8 +124,10 @@ class ServerProc:
 class Bench:
     """A simulated printer plus both servers, for the duration of a ``with``."""
 
-    def __init__(self, config: str = "") -> None:
+    def __init__(self, config: str = "", gunicorn: bool = False) -> None:
         self.config = config
+        self.kinds = ("moonflask", "moonraker") + (("gunicorn",) if gunicorn else ()) + (
+            ("baseline",) if os.environ.get("MOONFLASK_BENCH_BASELINE") else ())
 
     def __enter__(self) -> "Bench":
         if not os.path.exists(REFERENCE_PYTHON):
@@ -115,7 +138,7 @@ class Bench:
         self.printer = sim_printer.start(os.path.join(self.root, "klippy"), gcodes)
         sim_printer.wait_ready(self.printer.socket_path, 60, self.printer)
         self.servers = {kind: ServerProc(kind, self.root, self.printer.socket_path, self.config)
-                        for kind in ("moonflask", "moonraker")}
+                        for kind in self.kinds}
         for srv in self.servers.values():
             os.rmdir(srv.data + "/gcodes")
             os.symlink(gcodes, srv.data + "/gcodes")

@@ -8,6 +8,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -17,7 +18,7 @@ import gevent  # noqa: E402
 from http import client as http_client  # noqa: E402
 
 from gevent import pywsgi  # noqa: E402
-from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer  # noqa: E402
+from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer, _InvalidClientRequest  # noqa: E402,E501
 
 from .app import Server, create_app  # noqa: E402
 from .config import ConfigError  # noqa: E402
@@ -47,49 +48,80 @@ URI_TOO_LONG_RESPONSE = error_response_bytes(414, URI_TOO_LONG)
 HEADERS_TOO_LARGE_RESPONSE = error_response_bytes(431, HEADERS_TOO_LARGE)
 
 
+# RFC 9112: a header line is ``token ":" OWS field-value OWS CRLF``; no
+# obsolete line folding, no bare LF, no control bytes (HTAB aside) in values.
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
+                          rb"((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*\r\n")
+# the request line: method token, a target without spaces or controls, HTTP/1.x, CRLF
+_REQUEST_LINE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n")
+
+
 def parse_request_headers(fp, budget: int = MAX_HEADER_BYTES) -> OldMessage:
     """Read a request's header block from ``fp`` into the message object
-    gevent's handler expects, without the ``email`` package's parser that
-    ``http.client.parse_headers`` uses (a tenth of a small request's cost).
+    gevent's handler expects, strictly as RFC 9112 section 5 (a request
+    that is refused is answered 400 and its connection closed, so nothing
+    after it is read as a request; tests/test_http_hostile.py).  Faster
+    than ``http.client.parse_headers`` (the ``email`` package's parser, a
+    tenth of a small request's cost), which also accepts what this refuses.
 
     Args:
         budget: the bytes the header lines may take together (what is left
             of MAX_HEADER_BYTES after the request line).
-    At most 100 headers.  A block over ``budget`` sets ``status`` to
-    HEADERS_TOO_LARGE (answered 431); a malformed block sets another
-    ``status``, answered 400."""
+    Returns: the message; ``status`` is set when the block is refused:
+    HEADERS_TOO_LARGE over ``budget`` (answered 431), else a reason
+    answered 400: more than 100 headers, a line that is not
+    ``name: value`` CRLF (bare LF, obsolete folding, a space before the
+    colon, a NUL or control byte in the name or value), the connection
+    closed before the blank line."""
     msg = OldMessage()
     headers = msg._headers
+    match = _HEADER_LINE.fullmatch
     while True:
         line = fp.readline(budget + 1)
         budget -= len(line)
         if budget < 0:
             msg.status = HEADERS_TOO_LARGE
             return msg
-        if line in (b"\r\n", b"\n", b""):
+        if line == b"\r\n":
             return msg
         if len(headers) >= http_client._MAXHEADERS:
             msg.status = "Too many headers"
             return msg
-        text = line.decode("iso-8859-1").rstrip("\r\n")
-        if text[:1] in (" ", "\t"):
-            if not headers:
-                msg.status = "Invalid header continuation"
-                return msg
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value} {text.strip()}")
-            continue
-        name, sep, value = text.partition(":")
-        if not sep or not name or name != name.strip():
-            msg.status = "Invalid header line"
+        m = match(line)
+        if m is None:
+            msg.status = "Incomplete headers" if not line else "Invalid header line"
             return msg
-        headers.append((name, value.strip(" \t")))
+        headers.append((m.group(1).decode("ascii"), m.group(2).decode("iso-8859-1")))
+
+
+def check_framing(headers: list[tuple[str, str]]) -> str | None:
+    """Why a request's body framing is refused (answered 400), or None.
+
+    Refused (RFC 9112 section 6.3, the request-smuggling cases): more than
+    one Content-Length, a Content-Length that is not digits, both
+    Content-Length and Transfer-Encoding, a Transfer-Encoding other than
+    one ``chunked``."""
+    lengths = [v for k, v in headers if k.lower() == "content-length"]
+    codings = [v for k, v in headers if k.lower() == "transfer-encoding"]
+    if len(lengths) > 1:
+        return "Duplicate Content-Length"
+    if lengths and not (lengths[0].isdigit() and lengths[0].isascii()):
+        return "Invalid Content-Length"
+    if codings:
+        if lengths:
+            return "Content-Length with Transfer-Encoding"
+        if len(codings) > 1 or codings[0].lower() != "chunked":
+            return "Unsupported Transfer-Encoding"
+    return None
 
 
 class MoonflaskHandler(WSGIHandler):
     """gevent's WSGI handler with these changes:
 
-    - request headers are parsed by :func:`parse_request_headers`;
+    - request headers are parsed by :func:`parse_request_headers`, strictly,
+      and the request line and body framing checked (:meth:`read_request`):
+      a malformed or ambiguous request gets one 400 and the connection is
+      closed (no request smuggling);
     - a request line and header block of up to 64 KiB together are accepted
       (http_limits.MAX_HEADER_BYTES, as the reference), 414/431 beyond, with
       Moonraker's JSON error body, once the rest of the head is read (so the
@@ -105,7 +137,19 @@ class MoonflaskHandler(WSGIHandler):
     _pending: bytearray | None = None
 
     def MessageClass(self, fp, *_args):  # noqa: N802 (gevent's name)
-        return parse_request_headers(fp, MAX_HEADER_BYTES - len(self.requestline or ""))
+        msg = parse_request_headers(fp, MAX_HEADER_BYTES - len(self.requestline or ""))
+        if not msg.status:   # before gevent drops Content-Length beside chunked
+            msg.status = check_framing(msg._headers) or ""
+        return msg
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """gevent's, after a strict check of the request line (bare LF, extra
+        words, controls: 400); the headers and the body framing are checked
+        in :meth:`MessageClass` (:func:`check_framing`: 400).  A refused
+        request closes the connection (gevent's _handle_client_error)."""
+        if _REQUEST_LINE.fullmatch(raw_requestline) is None:
+            raise _InvalidClientRequest(f"Invalid request line: {raw_requestline[:200]!r}")
+        return super().read_request(raw_requestline)
 
     def handle_one_request(self):
         result = super().handle_one_request()

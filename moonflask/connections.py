@@ -14,8 +14,10 @@ import random
 from typing import Any, Iterator
 
 import gevent
-import gevent.pool
+import gevent.lock
 import gevent.queue
+
+from wsproto.events import TextMessage
 
 from .api import ApiError, UNIX, WEBSOCKET
 
@@ -62,7 +64,8 @@ class Connection:
         self.closed = False
         self._queued = 0  # characters waiting in the queue
         self._queue: gevent.queue.Queue = gevent.queue.Queue(OUTBOUND_QUEUE_SIZE)
-        self._pool = gevent.pool.Pool(REQUEST_CONCURRENCY)
+        self._slots = gevent.lock.BoundedSemaphore(REQUEST_CONCURRENCY)  # requests in flight
+        self._write_lock = gevent.lock.Semaphore()  # one writer of the transport at a time
         self._writer = gevent.spawn(self._write_loop)
 
     # -- outbound --------------------------------------------------------
@@ -81,22 +84,62 @@ class Connection:
                         self.uid, self.client_name or self.ip)
             self.close()
 
+    def send_reply(self, text: str) -> None:
+        """Write a reply now, from the request's own greenlet, when nothing is
+        queued and no write is in progress (saves the hand-over to the writer
+        greenlet); else queue it behind the rest, in order (:meth:`send_text`)."""
+        if self.closed:
+            return
+        if self._queue.qsize() or not self._write_lock.acquire(blocking=False):
+            self.send_text(text)
+            return
+        try:
+            self.write(text)
+        except Exception as err:
+            log.info("connection %s write failed: %s", self.uid, err)
+            self.close()
+        finally:
+            self._write_lock.release()
+
     def _write_loop(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            text = self._queue.get()
+            text = get()
             if text is None:
                 return
-            self._queued -= len(text)
+            batch, done = [text], False
+            # what else is queued goes out in the same write (one send)
+            while len(batch) < 256:
+                try:
+                    more = get_nowait()
+                except gevent.queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                batch.append(more)
+            self._queued -= sum(map(len, batch))
             try:
-                self.write(text)
+                with self._write_lock:
+                    if len(batch) == 1:
+                        self.write(text)
+                    else:
+                        self.write_many(batch)
             except Exception as err:
                 log.info("connection %s write failed: %s", self.uid, err)
                 self.close()
+                return
+            if done:
                 return
 
     def write(self, text: str) -> None:
         """Write one message to the peer (subclasses); may block."""
         raise NotImplementedError
+
+    def write_many(self, texts: list[str]) -> None:
+        """Write several messages, in order (subclasses write them in one send)."""
+        for text in texts:
+            self.write(text)
 
     def receives_notifications(self) -> bool:
         """True when broadcasts reach this connection: it is authenticated
@@ -105,15 +148,23 @@ class Connection:
 
     # -- inbound ---------------------------------------------------------
     def handle_frame(self, raw: bytes | str) -> None:
-        """Execute one JSON-RPC frame in this connection's pool; the reply is
-        queued.  Blocks the reader when REQUEST_CONCURRENCY are in flight."""
-        self._pool.spawn(self._run_frame, raw)
+        """Execute one JSON-RPC frame in a greenlet of its own; the reply is
+        written or queued.  Blocks the reader when REQUEST_CONCURRENCY are in
+        flight.  A raw greenlet and a semaphore: a Pool's Greenlet objects,
+        links and bookkeeping cost more than the dispatch of a quick call."""
+        self._slots.acquire()
+        gevent.spawn_raw(self._run_frame, raw)
 
     def _run_frame(self, raw: bytes | str) -> None:
-        reply = self.server.jsonrpc.dispatch(raw, transport=self.transport, connection=self,
-                                             user=self.user, ip=self.ip)
-        if reply is not None:
-            self.send_text(reply)
+        try:
+            reply = self.server.jsonrpc.dispatch(raw, transport=self.transport,
+                                                 connection=self, user=self.user, ip=self.ip)
+            if reply is not None:
+                self.send_reply(reply)
+        except Exception:  # dispatch answers errors itself: this is a bug, keep serving
+            log.exception("connection %s: request failed", self.uid)
+        finally:
+            self._slots.release()
 
     # -- identify --------------------------------------------------------
     def identify(self, client_name: str, version: str, client_type: str, url: str) -> None:
@@ -170,7 +221,17 @@ class WebsocketConnection(Connection):
         super().__init__(manager, ip, user)
 
     def write(self, text: str) -> None:
-        self.ws.send(text)
+        self.write_many((text,))
+
+    def write_many(self, texts: Any) -> None:
+        """Encode each message as a websocket text frame and send them all in
+        one ``sendall`` (simple-websocket's ``send`` sends one frame with one
+        ``send``, which may also write only part of a large frame)."""
+        ws = self.ws
+        if not ws.connected:
+            raise ConnectionError("websocket closed")
+        encode = ws.ws.send
+        ws.sock.sendall(b"".join([encode(TextMessage(data=t)) for t in texts]))
 
     def close_transport(self) -> None:
         try:
@@ -190,6 +251,10 @@ class UnixConnection(Connection):
 
     def write(self, text: str) -> None:
         self.sock.sendall(text.encode() + b"\x03")
+
+    def write_many(self, texts: list[str]) -> None:
+        """All the messages in one ``sendall``, each ETX-terminated."""
+        self.sock.sendall("\x03".join(texts).encode() + b"\x03")
 
     def close_transport(self) -> None:
         try:

@@ -61,10 +61,25 @@ class RequestHeadLimit:
             return self._refuse(start_response, 414, URI_TOO_LONG)
         if line + headers > self.limit:
             return self._refuse(start_response, 431, HEADERS_TOO_LARGE)
-        return self.app(environ, start_response)
+        force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+        if not callable(force_close):
+            return self.app(environ, start_response)
+
+        def closing_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+            # an application's "Connection: close" (a malformed body) closes for real
+            for name, value in headers:
+                if name.lower() == "connection" and value.lower() == "close":
+                    force_close()
+            return start_response(status, headers, exc_info)
+        return self.app(environ, closing_start_response)
 
     @staticmethod
     def _refuse(start_response: Any, status: int, reason: str) -> list[bytes]:
+        # gunicorn drops a "Connection: close" the application sets (hop-by-hop)
+        # and would read the next pipelined request: close through its Response
+        force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+        if callable(force_close):
+            force_close()
         body = error_body(status, reason)
         start_response(f"{status} {reason}", [("Content-Type", "application/json; charset=UTF-8"),
                                                ("Content-Length", str(len(body))),

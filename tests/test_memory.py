@@ -1,0 +1,76 @@
+"""Memory of an idle server and after uploads (issue 11, item 2): the
+upload path returns what it used, and its first use does not load modules
+it never calls (streaming_form_data's smart_open/requests/aiofiles,
+deferred by ``moonflask.app.defer_import``)."""
+from __future__ import annotations
+
+import http.client
+import os
+import time
+
+import pytest
+
+CHUNK = (b"G1 X10.000 Y10.000 E0.12345\n" * 40000)[:1024 * 1024]
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS of process ``pid``, MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def upload(port: int, name: str, mib: int) -> int:
+    """Stream a multipart upload of ``mib`` MiB; returns the HTTP status."""
+    boundary = "memtestboundary42"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn.putrequest("POST", "/server/files/upload")
+    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    conn.putheader("Content-Length", str(len(head) + mib * len(CHUNK) + len(tail)))
+    conn.endheaders()
+    conn.send(head)
+    for _ in range(mib):
+        conn.send(CHUNK)
+    conn.send(tail)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status
+
+
+def settled_rss(pid: int, seconds: float = 20.0) -> float:
+    """RSS once two readings 1 s apart agree within 0.2 MiB (or after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    last = rss_mib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = rss_mib(pid)
+        if abs(now - last) < 0.2:
+            return now
+        last = now
+    return last
+
+
+@pytest.fixture(scope="module")
+def srv(start_server):
+    # offline announcements (as bench/): the feed fetch would load requests at start
+    return start_server(config="[announcements]\ndev_mode: True\n")
+
+
+def test_rss_after_uploads_returns_near_idle(srv, printer_data):
+    for _ in range(5):
+        assert srv.get("/server/info").status_code == 200
+    idle = settled_rss(srv.proc.pid)
+    assert upload(srv.port, "mem_small.gcode", 0) == 201
+    assert upload(srv.port, "mem_big.gcode", 64) == 201
+    path = os.path.join(printer_data, "gcodes", "mem_big.gcode")
+    assert os.path.getsize(path) == 64 * len(CHUNK)
+    after = settled_rss(srv.proc.pid)
+    # before the deferred imports the first upload alone added 5.9 MiB (0.7 after)
+    assert after - idle < 3.0, (idle, after)
+    os.unlink(path)
