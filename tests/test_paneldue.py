@@ -94,8 +94,18 @@ def srv(start_server, panel, printer, printer_data):
         fh.write(MACROS)
     server = start_server(config=PANEL_CONF.format(serial=panel.path))
     server.post("/printer/restart")
-    time.sleep(0.5)
-    server.wait_klippy_state("ready", timeout=30)
+    # ready again with the appended macro loaded (a "ready" seen before the
+    # restart took effect would not do)
+    deadline = time.monotonic() + 60
+    while True:
+        server.wait_klippy_state("ready", timeout=60)
+        resp = server.get("/printer/objects/list")
+        if resp.status_code == 200 and "gcode_macro PANELDUE_BEEP" in resp.json()[
+                "result"]["objects"]:
+            break
+        assert time.monotonic() < deadline, "Klippy did not restart with PANELDUE_BEEP"
+        time.sleep(0.2)
+    wait_status(panel, lambda s: s["status"] == "I", 30)
     return server
 
 
