@@ -245,6 +245,13 @@ def test_print_and_cancel(srv, panel):
     same_shape(ref_replies("m408_s2_printing_2")[0], panel.ask("M408 S2"))
     same_shape(ref_replies("m408_s1_printing_2")[0], panel.ask("M408 S1"))
     assert 0 <= st["fraction_printed"] <= 1 and isinstance(st["timesLeft"][0], int)
+    panel.send("M25")
+    st = wait_status(panel, lambda s: s["status"] != "P")
+    ref = ref_replies("m408_s0_paused_2")[0]
+    same_shape(ref, st)
+    assert st["status"] == ref["status"] == "D"
+    panel.send("M24")
+    wait_status(panel, lambda s: s["status"] == "P")
     panel.send("M0")
     wait_status(panel, lambda s: s["status"] == "I")
     stats = srv.result("GET", "/printer/objects/query?print_stats=state")

@@ -11,7 +11,7 @@ scripts/capture_paneldue.py into tests/reference/paneldue_*.json):
 - ``M408`` (no S, or S1): the extended status (``myName``, ``firmwareName``
   ``Repetier | Klipper VERSION``, ``numTools``, ``geometry``, ``axes``);
   ``M408 S0|S2|S3``: the short one (``status`` letter: ``I`` idle, ``P``
-  printing, ``D`` pausing, ``S`` paused, ``H`` halted (shutdown), ``O`` off
+  printing, ``D`` pausing or paused (as the reference), ``H`` halted (shutdown), ``O`` off
   (Klippy not ready); heaters, position, factors as floats;
   ``fraction_printed`` and ``timesLeft`` while printing), with any G-code
   response received since as ``resp`` (moonflask only);
@@ -274,7 +274,7 @@ class PanelDue:
         elif pstats.get("state") == "printing":
             letter = "P"
         elif pstats.get("state") == "paused":
-            letter = "S"
+            letter = "D"        # the reference's letter for a paused print
         else:
             letter = "I"
         pos = gmove.get("gcode_position") or toolhead.get("position") or [0, 0, 0, 0]
@@ -298,8 +298,8 @@ class PanelDue:
             "extr": [round(float(pos[3]), 2) if len(pos) > 3 else 0.0],
         }
         if letter == "P" and st.get("pause_resume", {}).get("is_paused"):
-            letter = out["status"] = "D"        # pausing (the reference's letter)
-        if letter in ("P", "S", "D"):
+            letter = out["status"] = "D"        # pausing
+        if letter in ("P", "D"):
             progress = float(st.get("virtual_sdcard", {}).get("progress", 0.0) or 0.0)
             spent = float(pstats.get("print_duration", 0.0) or 0.0)
             out["fraction_printed"] = round(progress, 3)
