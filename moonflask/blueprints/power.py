@@ -30,7 +30,9 @@ def device(req: ApiRequest) -> dict[str, str]:
     power = _power(req)
     name = req.args.get_str("device")
     if req.method == "GET":
-        return {name: power.get_device(name).state}
+        dev = power.get_device(name)
+        dev.refresh_for_request()
+        return {name: dev.state}
     action = req.args.get_str("action")
     power.get_device(name)
     return {name: power.request_action(name, action)}

@@ -5,20 +5,24 @@ the ``paneldue_beep`` Klippy remote method.
 The PanelDue speaks RepRapFirmware's serial protocol: it sends G-code
 lines, optionally numbered and checksummed (``N12 M408 S0*93``, the
 checksum the XOR of every byte before ``*``), and expects JSON objects
-back.  moonflask answers:
+back.  moonflask answers as the reference 0.11.0 does (recorded by
+scripts/capture_paneldue.py into tests/reference/paneldue_*.json):
 
-- ``M408 S0|S1``: the status object (``status`` letter: ``I`` idle, ``P``
-  printing, ``S`` paused, ``H`` halted (shutdown), ``O`` off (Klippy not
-  ready); heaters, position,
-  fans, ``fraction_printed`` ...; S1 adds ``myName``, ``firmwareName`` and
-  the geometry), with any G-code response received since as ``resp``;
-- ``M20 S2 P"0:/gcodes/DIR"``: ``{"dir", "first", "files", "next"}``
-  (folders prefixed ``*``); ``P"0:/macros"`` lists ``macros`` and
-  ``confirmed_macros``;
-- ``M36 "FILE"``: the file's metadata (``err`` 0/1, ``size``, ``height`` ...);
-- ``M32 "FILE"``: starts the print; ``M98 P"0:/macros/NAME"`` runs a macro
-  (a confirmed macro is first shown as a message box, ``msgBox.*`` in the
-  next M408 reply, and runs when ``M292 P0`` accepts it, not on ``M292 P1``);
+- ``M408`` (no S, or S1): the extended status (``myName``, ``firmwareName``
+  ``Repetier | Klipper VERSION``, ``numTools``, ``geometry``, ``axes``);
+  ``M408 S0|S2|S3``: the short one (``status`` letter: ``I`` idle, ``P``
+  printing, ``D`` pausing or paused (as the reference), ``H`` halted (shutdown), ``O`` off
+  (Klippy not ready); heaters, position, factors as floats;
+  ``fraction_printed`` and ``timesLeft`` while printing), with any G-code
+  response received since as ``resp`` (moonflask only);
+- ``M20 S2 P"0:/gcodes/DIR"``: ``{"dir": "/gcodes/DIR", "files"}`` (folders
+  first, prefixed ``*``); ``P"0:/macros"`` lists the first word of each of
+  ``macros`` and ``confirmed_macros``; other ``S`` and missing folders: no reply;
+- ``M36 FILE``: ``err`` 0/1, ``size``, ``lastModified`` (``T`` + ctime),
+  ``generatedBy`` ...;
+- ``M32 FILE``: starts the print; ``M98 P"0:/macros/NAME"`` runs the macro
+  line whose first word is NAME (a confirmed macro is first answered with a
+  ``msgBox.*`` object and runs when ``M292 P0`` accepts it, not on ``M292 P1``);
   ``M24``/``M25``/``M0``/``M1``: resume/pause/cancel; ``M290 Z``:
   babystepping; ``M999``: FIRMWARE_RESTART; ``G10 P0 S T``: tool
   temperature; everything else is sent to Klippy as G-code.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any
 
 import gevent
@@ -94,6 +99,7 @@ class PanelDue:
         self.pending_confirm: str | None = None
         self.msg_seq = 0
         self.ser: Any = None
+        self._geometry: str | None = None
         self._write_lock = gevent.lock.Semaphore()
         self._gcode_lock = gevent.lock.Semaphore()
         server.klippy.add_internal_subscription("paneldue", STATUS_OBJECTS)
@@ -169,7 +175,9 @@ class PanelDue:
         params = {k: v.strip('"') for k, v in _PARAM_RE.findall(rest)}
         quoted = _QUOTED_RE.search(rest)
         handler = getattr(self, f"_cmd_{word}", None)
-        if handler is not None:
+        if handler is not None and word in ("M32", "M36"):
+            handler(params, quoted.group(1) if quoted else "", rest)
+        elif handler is not None:
             handler(params, quoted.group(1) if quoted else "")
         elif word in ("M24", "M25", "M0", "M1"):
             method = {"M24": "printer.print.resume", "M25": "printer.print.pause"}.get(
@@ -182,18 +190,28 @@ class PanelDue:
             self._gcode(cmd)
 
     def _cmd_M408(self, params: dict[str, str], _q: str) -> None:  # noqa: N802
-        self.write(self.status(params.get("S", "0") == "1"))
+        # as the reference: no S (or S1) is the extended reply, S0/S2/S3... the short one
+        self.write(self.status(params.get("S", "1") in ("1", "")))
 
     def _cmd_M20(self, params: dict[str, str], _q: str) -> None:  # noqa: N802
-        path = params.get("P", "0:/gcodes").rstrip("/")
-        self.write(self.list_dir(path))
+        # the reference answers only S2 (JSON) listings, and nothing for a
+        # folder that does not exist
+        if params.get("S", "0") != "2":
+            log.info("paneldue: M20 S%s not supported", params.get("S", "0"))
+            return
+        reply = self.list_dir(params.get("P", "0:/gcodes"))
+        if reply is not None:
+            self.write(reply)
 
-    def _cmd_M36(self, _params: dict[str, str], quoted: str) -> None:  # noqa: N802
-        self.write(self.file_info(quoted))
+    def _cmd_M36(self, _params: dict[str, str], quoted: str,  # noqa: N802
+                 rest: str = "") -> None:
+        self.write(self.file_info(quoted or rest.strip().strip('"')))
 
-    def _cmd_M32(self, _params: dict[str, str], quoted: str) -> None:  # noqa: N802
+    def _cmd_M32(self, _params: dict[str, str], quoted: str,  # noqa: N802
+                 rest: str = "") -> None:
         try:
-            self._call("printer.print.start", {"filename": _gcode_path(quoted)})
+            self._call("printer.print.start",
+                       {"filename": _gcode_path(quoted or rest.strip().strip('"'))})
         except ApiError as err:
             self.responses.append(f"!! {err.message}")
 
@@ -201,13 +219,24 @@ class PanelDue:
         macro = params.get("P", "")
         if not macro.startswith("0:/macros/"):
             return
-        macro = macro[len("0:/macros/"):]
-        if macro in self.confirmed_macros:
-            # shown as a message box in the next M408 reply; M292 answers it
+        name = macro[len("0:/macros/"):].strip()
+        # as the reference: the panel names a macro by its first word, which
+        # runs the whole configured line; a confirmed macro first asks
+        confirmed = {line.split(None, 1)[0]: line for line in self.confirmed_macros
+                     if line.strip()}
+        plain = {line.split(None, 1)[0]: line for line in self.macros if line.strip()}
+        if name in confirmed:
             self.msg_seq += 1
-            self.pending_confirm = macro
-            return
-        self._gcode(macro)
+            self.pending_confirm = confirmed[name]
+            self.write({"msgBox.mode": 3,
+                        "msgBox.msg": f"Please confirm your intent to run {name}. "
+                                      "Press OK to continue, or CANCEL to abort.",
+                        "msgBox.seq": self.msg_seq, "msgBox.title": "Confirmation Dialog",
+                        "msgBox.controls": 0, "msgBox.timeout": 0})
+        elif name in plain:
+            self._gcode(plain[name])
+        else:
+            log.info("paneldue: M98: macro %s invalid", name)
 
     def _cmd_M292(self, params: dict[str, str], _q: str) -> None:  # noqa: N802
         macro, self.pending_confirm = self.pending_confirm, None
@@ -245,75 +274,114 @@ class PanelDue:
         elif pstats.get("state") == "printing":
             letter = "P"
         elif pstats.get("state") == "paused":
-            letter = "S"
+            letter = "D"        # the reference's letter for a paused print
         else:
             letter = "I"
         pos = gmove.get("gcode_position") or toolhead.get("position") or [0, 0, 0, 0]
         homed = toolhead.get("homed_axes", "")
+        # keys and value types as the reference (tests/reference/paneldue_m408_*.json):
+        # percentages and positions are floats
         out: dict[str, Any] = {
             "status": letter,
-            "heaters": [bed.get("temperature", 0.0), ext.get("temperature", 0.0)],
-            "active": [bed.get("target", 0.0), ext.get("target", 0.0)],
-            "standby": [bed.get("target", 0.0), ext.get("target", 0.0)],
-            "hstat": [2 if bed.get("target") else 0, 2 if ext.get("target") else 0],
-            "pos": [round(p, 2) for p in pos[:3]],
-            "extr": [round(pos[3], 2) if len(pos) > 3 else 0.0],
-            "sfactor": round(gmove.get("speed_factor", 1.0) * 100),
-            "efactor": [round(gmove.get("extrude_factor", 1.0) * 100)],
-            "babystep": round((gmove.get("homing_origin") or [0, 0, 0])[2], 3),
-            "tool": 0, "probe": "0",
-            "fanPercent": [round(st.get("fan", {}).get("speed", 0.0) * 100)],
-            "fanRPM": 0,
+            "babystep": round(float((gmove.get("homing_origin") or [0, 0, 0])[2]), 3),
+            "pos": [round(float(p), 2) for p in pos[:3]],
             "homed": [int(axis in homed) for axis in "xyz"],
-            "fraction_printed": round(st.get("virtual_sdcard", {}).get("progress", 0.0), 3),
+            "sfactor": round(float(gmove.get("speed_factor", 1.0)) * 100, 2),
+            "fanPercent": [round(float(st.get("fan", {}).get("speed", 0.0)) * 100, 2)],
+            "tool": 0,
+            "heaters": [round(float(bed.get("temperature", 0.0)), 1),
+                        round(float(ext.get("temperature", 0.0)), 1)],
+            "active": [float(bed.get("target", 0.0)), float(ext.get("target", 0.0))],
+            "standby": [float(bed.get("target", 0.0)), float(ext.get("target", 0.0))],
+            "hstat": [2 if bed.get("target") else 0, 2 if ext.get("target") else 0],
+            "efactor": [round(float(gmove.get("extrude_factor", 1.0)) * 100, 2)],
+            "extr": [round(float(pos[3]), 2) if len(pos) > 3 else 0.0],
         }
+        if letter == "P" and st.get("pause_resume", {}).get("is_paused"):
+            letter = out["status"] = "D"        # pausing
+        if letter in ("P", "D"):
+            progress = float(st.get("virtual_sdcard", {}).get("progress", 0.0) or 0.0)
+            spent = float(pstats.get("print_duration", 0.0) or 0.0)
+            out["fraction_printed"] = round(progress, 3)
+            out["timesLeft"] = [int(spent / progress - spent) if progress > 0 else 0]
         if extended:
-            out.update({"myName": self.machine_name, "firmwareName": "Klipper",
-                        "geometry": "cartesian", "axes": 3, "volumes": 1, "numTools": 1})
-        if self.pending_confirm is not None:
-            out.update({"msgBox.mode": 3, "msgBox.title": "Confirmation",
-                        "msgBox.msg": f"Run {self.pending_confirm}?",
-                        "msgBox.seq": self.msg_seq, "msgBox.timeout": 0,
-                        "msgBox.controls": 0})
+            version = self.server.klippy.info.get("software_version", "")
+            out.update({"myName": self.machine_name,
+                        "firmwareName": f"Repetier | Klipper {version}".rstrip(),
+                        "numTools": 1, "geometry": self._kinematics(), "axes": 3})
         if self.responses:
             out["resp"] = "\n".join(self.responses)
             self.responses = []
         return out
 
-    def list_dir(self, path: str) -> dict[str, Any]:
-        """The M20 S2 listing of ``0:/gcodes[/DIR]`` or ``0:/macros``."""
-        if path == "0:/macros":
-            return {"dir": path, "first": 0, "files": self.macros + self.confirmed_macros,
-                    "next": 0}
-        rel = _gcode_path(path)
+    def _kinematics(self) -> str:
+        """``[printer] kinematics`` from Klippy's configfile (cached)."""
+        if self._geometry is None:
+            try:
+                got = self.server.klippy.request(
+                    "objects/query", {"objects": {"configfile": ["settings"]}})
+                settings = got["status"]["configfile"]["settings"]
+                self._geometry = str(settings.get("printer", {}).get("kinematics",
+                                                                     "cartesian"))
+            except (ApiError, KeyError, TypeError):
+                return "cartesian"
+        return self._geometry
+
+    def macro_names(self) -> list[str]:
+        """The ``0:/macros`` listing: the first word of each configured macro
+        (``macros`` then ``confirmed_macros``), each once, as the reference."""
+        out: list[str] = []
+        for line in self.macros + self.confirmed_macros:
+            name = line.split(None, 1)[0] if line.strip() else ""
+            if name and name not in out:
+                out.append(name)
+        return out
+
+    def list_dir(self, path: str) -> dict[str, Any] | None:
+        """The M20 S2 listing of ``0:/gcodes[/DIR]`` or ``0:/macros``:
+        ``{"dir": path without its "0:", "files": ["*folder", ..., "file", ...]}``
+        (folders first, every folder, each group sorted); None for a folder
+        that does not exist (the reference then answers nothing)."""
+        shown = path[2:] if path.startswith("0:") else path
+        if shown.rstrip("/") == "/macros":
+            return {"dir": shown, "files": self.macro_names()}
+        rel = _gcode_path(path).rstrip("/")
         try:
             got = self._call("server.files.get_directory",
                              {"path": "gcodes/" + rel if rel else "gcodes"})
-        except ApiError:
-            return {"dir": path, "err": 1}
-        files = ["*" + d["dirname"] for d in got.get("dirs", [])
-                 if not d["dirname"].startswith(".")]
-        files += [f["filename"] for f in got.get("files", [])]
-        return {"dir": path, "first": 0, "files": files, "next": 0}
+        except ApiError as err:
+            log.info("paneldue: M20 %s: %s", path, err.message)
+            return None
+        files = ["*" + d["dirname"] for d in sorted(got.get("dirs", []),
+                                                     key=lambda d: d["dirname"])]
+        files += [f["filename"] for f in sorted(got.get("files", []),
+                                                key=lambda f: f["filename"])]
+        return {"dir": shown, "files": files}
 
     def file_info(self, name: str) -> dict[str, Any]:
-        """The M36 reply for ``name`` (``0:/gcodes/...`` or relative)."""
+        """The M36 reply for ``name`` (``0:/gcodes/...``, ``gcodes/...`` or
+        relative): ``{"err": 0, "size", "lastModified": "T" + ctime,
+        "generatedBy" (slicer or "Unknown")}`` plus ``height``,
+        ``layerHeight``, ``printTime``, ``filament`` when the metadata has
+        them; ``{"err": 1}`` for a missing file."""
         try:
             md = self._call("server.files.metadata", {"filename": _gcode_path(name)})
         except ApiError:
             return {"err": 1}
-        return {"err": 0, "size": md.get("size", 0),
-                "lastModified": md.get("modified", 0),
-                "height": md.get("object_height", 0.0),
-                "layerHeight": md.get("layer_height", 0.0),
-                "printTime": int(md.get("estimated_time") or 0),
-                "filament": [md.get("filament_total", 0.0)],
-                "generatedBy": md.get("slicer", "")}
+        out: dict[str, Any] = {"err": 0, "size": md.get("size", 0),
+                               "lastModified": "T" + time.ctime(md.get("modified", 0)),
+                               "generatedBy": md.get("slicer") or "Unknown"}
+        for key, field in (("height", "object_height"), ("layerHeight", "layer_height"),
+                           ("printTime", "estimated_time"), ("filament", "filament_total")):
+            if md.get(field) is not None:
+                out[key] = [md[field]] if key == "filament" else (
+                    int(md[field]) if key == "printTime" else md[field])
+        return out
 
 
 def _gcode_path(name: str) -> str:
     """``0:/gcodes/a/b.gcode`` -> ``a/b.gcode`` (other names unchanged)."""
-    for prefix in ("0:/gcodes/", "0:/gcodes", "/gcodes/"):
+    for prefix in ("0:/gcodes/", "0:/gcodes", "/gcodes/", "gcodes/"):
         if name.startswith(prefix):
             return name[len(prefix):].lstrip("/")
     return name.lstrip("/")

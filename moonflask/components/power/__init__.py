@@ -102,6 +102,9 @@ class Power:
         Raises ApiError 400 ``No arguments provided`` for an empty list."""
         if not names:
             raise ApiError("No arguments provided", 400)
+        for n in names:
+            if n in self.devices:
+                self.devices[n].refresh_for_request()
         return {n: self.devices[n].state if n in self.devices else NOT_FOUND for n in names}
 
     # -- changes -------------------------------------------------------------
@@ -127,10 +130,13 @@ class Power:
             raise ApiError(f"Invalid requested action '{action}'", 400)
         if not force:
             self._check_lock(dev)
+        fresh = dev.refresh_for_request()
         if action == "toggle":
             on = dev.state != ON
         else:
             on = action == ON
+        if fresh and dev.state == (ON if on else OFF):
+            return dev.state            # already there: no command (as the reference)
         return dev.set_power(on)
 
     def _check_lock(self, dev: PowerDevice) -> None:

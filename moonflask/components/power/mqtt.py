@@ -135,6 +135,15 @@ class MqttDevice(PowerDevice):
             publish += self._query_publish()
         return self._request("power_on" if on else "power_off", publish)
 
+    def refresh_for_request(self) -> bool:
+        """As the reference: with ``query_after_command`` the device is
+        queried again before each request (a failed query leaves it in
+        ``error``); without, its state is the last one the broker pushed.
+        Returns True when the state is known (``on``/``off``)."""
+        if self.initialized and self.query_after_command and self.query_topic is not None:
+            self.refresh()
+        return self.initialized and self.state in (ON, OFF)
+
     def due(self, now: float) -> bool:
         """Only until initialised: the broker pushes changes."""
         return not self.initialized and now >= self.next_poll
