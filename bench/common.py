@@ -103,8 +103,8 @@ class ServerProc:
 class Bench:
     """A simulated printer plus both servers, for the duration of a ``with``."""
 
-    def __init__(self, config: str = "") -> None:
-        self.config = config
+    def __init__(self, config: "str | dict[str, str]" = "") -> None:
+        self.config = config  # one text for both servers, or {kind: text}
 
     def __enter__(self) -> "Bench":
         if not os.path.exists(REFERENCE_PYTHON):
@@ -114,7 +114,9 @@ class Bench:
         gcodes = os.path.join(self.root, "gcodes")
         self.printer = sim_printer.start(os.path.join(self.root, "klippy"), gcodes)
         sim_printer.wait_ready(self.printer.socket_path, 60, self.printer)
-        self.servers = {kind: ServerProc(kind, self.root, self.printer.socket_path, self.config)
+        self.servers = {kind: ServerProc(kind, self.root, self.printer.socket_path,
+                                         self.config.get(kind, "")
+                                         if isinstance(self.config, dict) else self.config)
                         for kind in ("moonflask", "moonraker")}
         for srv in self.servers.values():
             os.rmdir(srv.data + "/gcodes")
