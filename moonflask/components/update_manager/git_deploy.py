@@ -319,24 +319,20 @@ class GitRepo(BaseUpdater):
         if self.remote_hash == self.current_hash or not behind:
             return
         self.commits_behind_count = behind
-        tags: dict[str, str] = {}
-        for line in self._git("for-each-ref", "refs/tags",
-                              "--format=%(objectname) %(*objectname) %(refname:short)"
-                              ).splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                tags.setdefault(parts[1], parts[2])
-            elif len(parts) == 2:
-                tags.setdefault(parts[0], parts[1])
+        # %D with only the tags decorating: each commit's tag names (annotated
+        # tags peeled), in the same command as the log
         raw = self._git("log", f"HEAD..{self.remote_hash}", f"--max-count={MAX_LOG}",
-                        "--format=%H%x1D%an%x1D%ct%x1D%s%x1D%b%x1E")
+                        "--decorate-refs=refs/tags/",
+                        "--format=%H%x1D%an%x1D%ct%x1D%s%x1D%b%x1D%D%x1E")
         untagged = 0
         for entry in raw.split("\x1e"):
             fields = entry.strip("\n").split("\x1d")
-            if len(fields) != 5:
+            if len(fields) != 6:
                 continue
-            sha, author, date, subject, body = fields
-            tag = tags.get(sha)
+            sha, author, date, subject, body, decorations = fields
+            names = [d.strip()[5:] for d in decorations.split(",")
+                     if d.strip().startswith("tag: ")]
+            tag = min(names) if names else None  # the first in refname order
             if tag is None:
                 untagged += 1
                 if untagged > MAX_UNTAGGED:
