@@ -20,7 +20,7 @@ Targets: moonflask's refresh at least 2x faster than Moonraker's, and
 not subject to the 60 s limit of the deprecated ``status?refresh=true``
 (neither server limits it: checked on each round's answer).
 
-    .venv/bin/python bench/bench_update_manager.py [--repos 10] [--rounds 3]
+    .venv/bin/python bench/bench_update_manager.py [--repos 10] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repos", type=int, default=10, help="git_repo updaters")
-    parser.add_argument("--rounds", type=int, default=3, help="refreshes per server")
+    parser.add_argument("--rounds", type=int, default=5, help="refreshes per server")
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="mfbench-um-")
     try:

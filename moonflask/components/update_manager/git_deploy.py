@@ -226,13 +226,19 @@ class GitRepo(BaseUpdater):
         return f"{match.group(1)}-{match.group(2)}" if match else "?"
 
     def _read_remote(self) -> None:
-        remotes = self._git("remote").split()
+        # names and fetch urls (insteadOf applied, as get-url) in one command
+        fetch_urls: dict[str, str] = {}
+        for line in self._git("remote", "-v").splitlines():
+            parts = line.rsplit(" ", 1)[0].split("\t", 1)
+            if len(parts) == 2 and line.endswith(" (fetch)"):
+                fetch_urls.setdefault(parts[0], parts[1])
+        remotes = list(fetch_urls)
         if self.remote_alias not in remotes:
             if not remotes:
                 self.warnings.append("No git remote configured")
                 return
             self.remote_alias = "origin" if "origin" in remotes else remotes[0]
-        self.remote_url = self._git("remote", "get-url", self.remote_alias).strip()
+        self.remote_url = fetch_urls[self.remote_alias]
         if self.moved_origin and _same_url(self.remote_url, self.moved_origin) \
                 and self.origin:
             self._git("remote", "set-url", self.remote_alias, self.origin)
