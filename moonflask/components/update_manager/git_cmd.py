@@ -160,6 +160,7 @@ def run_git(path: str | None, *args: str, on_line: Callable[[str], None] | None 
 # :func:`die_with_parent`; the child is watched by gevent's child watcher,
 # so waiting for it and reading its pipes are cooperative.
 _SETPRIV = shutil.which("setpriv")
+_SIGCHLD_LOOPS: set[int] = set()
 
 
 # Commands that never write to the repository: a leftover of a killed
@@ -205,6 +206,12 @@ def _run_spawned(cmdline: list[str], shown: str, timeout: float,
         [_SETPRIV, "--pdeathsig", "KILL", "--", git] + cmdline
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    # The loop's SIGCHLD handler must exist before the child can exit (else
+    # the exit of a quick git spawned first in a process goes unseen).
+    loop = gevent.get_hub().loop
+    if id(loop) not in _SIGCHLD_LOOPS and hasattr(loop, "install_sigchld"):
+        loop.install_sigchld()
+        _SIGCHLD_LOOPS.add(id(loop))
     try:
         pid = _spawn(argv, git_env(), out_w, err_w)
     except OSError as err:
