@@ -124,8 +124,8 @@ class ServerProc:
 class Bench:
     """A simulated printer plus both servers, for the duration of a ``with``."""
 
-    def __init__(self, config: str = "", gunicorn: bool = False) -> None:
-        self.config = config
+    def __init__(self, config: "str | dict[str, str]" = "", gunicorn: bool = False) -> None:
+        self.config = config  # one text for every server, or {kind: text}
         self.kinds = ("moonflask", "moonraker") + (("gunicorn",) if gunicorn else ()) + (
             ("baseline",) if os.environ.get("MOONFLASK_BENCH_BASELINE") else ())
 
@@ -137,7 +137,9 @@ class Bench:
         gcodes = os.path.join(self.root, "gcodes")
         self.printer = sim_printer.start(os.path.join(self.root, "klippy"), gcodes)
         sim_printer.wait_ready(self.printer.socket_path, 60, self.printer)
-        self.servers = {kind: ServerProc(kind, self.root, self.printer.socket_path, self.config)
+        self.servers = {kind: ServerProc(kind, self.root, self.printer.socket_path,
+                                         self.config.get(kind, "")
+                                         if isinstance(self.config, dict) else self.config)
                         for kind in self.kinds}
         for srv in self.servers.values():
             os.rmdir(srv.data + "/gcodes")

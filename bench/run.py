@@ -1,7 +1,8 @@
 """Run every benchmark in bench/ (``make bench``): each starts moonflask and the
 reference Moonraker against the same simulated printer and prints its figures
 with the moonflask/Moonraker ratio.  ``python bench/run.py [NAME ...]`` runs a
-subset (``core``, ``files``, ``database``, ``idle_cpu``)."""
+subset (``core``, ``files``, ``database``, ``idle_cpu``,
+``update_manager``, ...)."""
 import glob
 import os
 import subprocess

@@ -27,6 +27,7 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.pool
 from gevent import subprocess
 
 from ...api import ApiError
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 MIN_REFRESH_GAP = 60.0   # seconds: the deprecated status?refresh=true limit
+REFRESH_CONCURRENCY = 6  # updaters refreshed at once (bench/bench_update_manager.py)
 KLIPPER_REQUIREMENTS = "scripts/klippy-requirements.txt"
 
 
@@ -152,10 +154,12 @@ class UpdateManager:
             upd.virtualenv = os.path.dirname(os.path.dirname(pypath))
         upd.not_git_reason = (f"Klipper at {kpath} is not a git checkout (a pip install?): "
                               "updates are disabled")
-        if self.initialized.is_set():
-            gevent.spawn(self._refresh_quietly, upd)
+        # also when the start-up refresh runs: it may have refreshed this
+        # entry already (the updaters are refreshed concurrently)
+        gevent.spawn(self._refresh_quietly, upd)
 
     def _refresh_quietly(self, upd: BaseUpdater) -> None:
+        self.initialized.wait()  # after the start-up recovery and refresh
         with self._lock:
             upd.refresh()
 
@@ -283,12 +287,21 @@ class UpdateManager:
         return out
 
     def _refresh_all(self, names: list[str] | None = None) -> None:
-        for name, upd in self.updaters.items():
-            if names is None or name in names:
-                try:
-                    upd.refresh()
-                except Exception:  # one broken updater must not hide the others
-                    log.exception("refresh of %s failed", name)
+        """Refresh the updaters ``names`` (all when None) concurrently, one
+        greenlet each (at most REFRESH_CONCURRENCY at once): their git, pip
+        and HTTP work waits on subprocesses and sockets, never on the hub."""
+        def one(name: str, upd: BaseUpdater) -> None:
+            try:
+                upd.refresh()
+            except Exception:  # one broken updater must not hide the others
+                log.exception("refresh of %s failed", name)
+
+        pool = gevent.pool.Pool(REFRESH_CONCURRENCY)
+        with self.journal.deferred():
+            for name, upd in self.updaters.items():
+                if names is None or name in names:
+                    pool.spawn(one, name, upd)
+            pool.join()
         if names is None:
             self.last_refresh = time.monotonic()
 

@@ -173,4 +173,4 @@ class BaseUpdater:
     def mark_refreshed(self) -> None:
         """Remember the refresh time across restarts."""
         self.last_refresh = time.time()
-        self.manager.journal.put(self.name, last_refresh=self.last_refresh)
+        self.manager.journal.put_lazy(self.name, last_refresh=self.last_refresh)

@@ -22,6 +22,8 @@ import os
 import re
 from typing import Any
 
+import gevent
+
 from . import journal as jn
 from .base import BaseUpdater, Reporter, UpdateError
 from .git_cmd import GitError, run_git
@@ -169,12 +171,17 @@ class GitRepo(BaseUpdater):
                                  f"{self.path} is not a git repository")
             return
         self.repo_detected = True
-        self.corrupt = not self._fsck_ok()
-        if self.corrupt:
-            self.warnings.append("Repo is corrupt: git fsck reported errors; "
-                                 "a hard recovery is required")
-        self._read_local()
-        self._read_remote()
+        # git fsck reads every object (the longest command of a refresh on a
+        # big repo) and changes nothing: it runs alongside the other reads.
+        fsck = gevent.spawn(self._fsck_ok)
+        try:
+            self._read_local()
+            self._read_remote()
+        finally:
+            self.corrupt = not fsck.get()
+            if self.corrupt:
+                self.warnings.insert(0, "Repo is corrupt: git fsck reported errors; "
+                                        "a hard recovery is required")
 
     def _fsck_ok(self) -> bool:
         try:
@@ -219,13 +226,19 @@ class GitRepo(BaseUpdater):
         return f"{match.group(1)}-{match.group(2)}" if match else "?"
 
     def _read_remote(self) -> None:
-        remotes = self._git("remote").split()
+        # names and fetch urls (insteadOf applied, as get-url) in one command
+        fetch_urls: dict[str, str] = {}
+        for line in self._git("remote", "-v").splitlines():
+            parts = line.rsplit(" ", 1)[0].split("\t", 1)
+            if len(parts) == 2 and line.endswith(" (fetch)"):
+                fetch_urls.setdefault(parts[0], parts[1])
+        remotes = list(fetch_urls)
         if self.remote_alias not in remotes:
             if not remotes:
                 self.warnings.append("No git remote configured")
                 return
             self.remote_alias = "origin" if "origin" in remotes else remotes[0]
-        self.remote_url = self._git("remote", "get-url", self.remote_alias).strip()
+        self.remote_url = fetch_urls[self.remote_alias]
         if self.moved_origin and _same_url(self.remote_url, self.moved_origin) \
                 and self.origin:
             self._git("remote", "set-url", self.remote_alias, self.origin)
@@ -249,18 +262,27 @@ class GitRepo(BaseUpdater):
         self.target = self._select_target(track)
         if self.target is None:
             return
-        self.remote_hash = self._git("rev-parse", f"{self.target}^{{commit}}").strip()
+        if self.target == f"refs/remotes/{track}" or self.target == track:
+            self.remote_hash = ok  # the branch's commit, verified above
+        else:
+            self.remote_hash = self._git("rev-parse", f"{self.target}^{{commit}}").strip()
         described = self._git("describe", self.remote_hash, "--always", "--tags", "--long",
                               "--abbrev=8").strip()
         self.remote_version = self._short_version(described)
-        if self.target != "HEAD" and not self._ancestor_rc(self.current_hash,
-                                                           self.remote_hash):
+        ahead = behind = 0
+        if self.remote_hash != self.current_hash:
+            # one walk for both: commits of HEAD not in the target (local
+            # commits: HEAD is not its ancestor) and of the target not in HEAD
+            counts = self._git("rev-list", "--left-right", "--count",
+                               f"{self.current_hash}...{self.remote_hash}").split()
+            ahead, behind = (int(c) for c in counts) if len(counts) == 2 else (0, 0)
+        if self.target != "HEAD" and ahead:
             self.anomalies.append(f"Repo has local commits not on {track}: an update "
                                   "needs a soft recovery first")
         if self.version == "?" and self.channel != "dev":
             self.warnings.append("No valid tag found: the stable and beta channels need "
                                  "a vX.Y.Z tag")
-        self._read_commits_behind()
+        self._read_commits_behind(behind)
 
     def _select_target(self, track: str) -> str | None:
         if self.pinned_commit:
@@ -298,29 +320,25 @@ class GitRepo(BaseUpdater):
         except GitError:
             return False
 
-    def _read_commits_behind(self) -> None:
-        if self.remote_hash == self.current_hash:
+    def _read_commits_behind(self, behind: int) -> None:
+        """The commits of ``HEAD..remote_hash`` (``behind`` of them)."""
+        if self.remote_hash == self.current_hash or not behind:
             return
-        self.commits_behind_count = int(self._git(
-            "rev-list", "--count", f"HEAD..{self.remote_hash}").strip() or 0)
-        tags: dict[str, str] = {}
-        for line in self._git("for-each-ref", "refs/tags",
-                              "--format=%(objectname) %(*objectname) %(refname:short)"
-                              ).splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                tags.setdefault(parts[1], parts[2])
-            elif len(parts) == 2:
-                tags.setdefault(parts[0], parts[1])
+        self.commits_behind_count = behind
+        # %D with only the tags decorating: each commit's tag names (annotated
+        # tags peeled), in the same command as the log
         raw = self._git("log", f"HEAD..{self.remote_hash}", f"--max-count={MAX_LOG}",
-                        "--format=%H%x1D%an%x1D%ct%x1D%s%x1D%b%x1E")
+                        "--decorate-refs=refs/tags/",
+                        "--format=%H%x1D%an%x1D%ct%x1D%s%x1D%b%x1D%D%x1E")
         untagged = 0
         for entry in raw.split("\x1e"):
             fields = entry.strip("\n").split("\x1d")
-            if len(fields) != 5:
+            if len(fields) != 6:
                 continue
-            sha, author, date, subject, body = fields
-            tag = tags.get(sha)
+            sha, author, date, subject, body, decorations = fields
+            names = [d.strip()[5:] for d in decorations.split(",")
+                     if d.strip().startswith("tag: ")]
+            tag = min(names) if names else None  # the first in refname order
             if tag is None:
                 untagged += 1
                 if untagged > MAX_UNTAGGED:

@@ -10,6 +10,7 @@ holds the old or the new record, never a torn one.  Spec: update_manager.md
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -119,6 +120,8 @@ class Journal:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
         self.state: dict[str, dict[str, Any]] = read_json(self._state_path, {}) or {}
+        self._deferring = 0
+        self._deferred_dirty = False
 
     @property
     def _state_path(self) -> str:
@@ -172,3 +175,27 @@ class Journal:
         cur = self.state.setdefault(name, {})
         cur.update(fields)
         write_json_atomic(self._state_path, self.state)
+
+    def put_lazy(self, name: str, **fields: Any) -> None:
+        """As :meth:`put`, but inside :meth:`deferred` the write waits for its
+        end (one write for many updaters: bookkeeping such as
+        ``last_refresh``, never an update's intent)."""
+        if not self._deferring:
+            self.put(name, **fields)
+            return
+        self.state.setdefault(name, {}).update(fields)
+        self._deferred_dirty = True
+
+    @contextlib.contextmanager
+    def deferred(self) -> Any:
+        """Collect the :meth:`put_lazy` writes made inside into one durable
+        write at the end (a refresh of every updater writes state.json once
+        instead of once per updater, each write being two fsyncs)."""
+        self._deferring += 1
+        try:
+            yield self
+        finally:
+            self._deferring -= 1
+            if not self._deferring and self._deferred_dirty:
+                self._deferred_dirty = False
+                write_json_atomic(self._state_path, self.state)
