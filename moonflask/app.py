@@ -30,6 +30,7 @@ from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, error_re
 from .api import disk_full_error, is_disk_full
 from .components.authorization import CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, load_authorization
 from .config import ConfigFile
+from .http_fast import FastPath
 from .connections import ConnectionManager, UnixConnection, WebsocketConnection
 from .components.data_store import DataStore
 from .jsonrpc import Dispatcher
@@ -379,6 +380,8 @@ def create_app(server: Server | None = None, start: bool = True) -> flask.Flask:
     _install_transports(app, server)
     _install_cors(app, server)
     _install_auth(app, server)
+    app.wsgi_app = FastPath(app.wsgi_app, server, server.registry.endpoints,  # type: ignore
+                            public_paths(server))
     if server.use_xheaders:  # behind nginx: the client address comes from X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore
     if server.route_prefix:
@@ -529,6 +532,15 @@ def _install_cors(app: flask.Flask, server: Server) -> None:
 AUTH_EXEMPT_PATHS = frozenset({"/websocket", "/klippysocket", "/"})
 
 
+def public_paths(server: Server) -> set[str]:
+    """The HTTP paths an anonymous caller may reach: those of the endpoints
+    declared ``auth=False``, and ``/server/jsonrpc`` (checked per method)."""
+    paths = {ep.path for ep in server.registry.endpoints
+             if not ep.auth and HTTP in ep.transports}
+    paths.add("/server/jsonrpc")
+    return paths
+
+
 def _install_auth(app: flask.Flask, server: Server) -> None:
     """Authentication before routing, as in Moonraker: every HTTP request
     but a CORS preflight (``OPTIONS``) and AUTH_EXEMPT_PATHS is
@@ -546,9 +558,7 @@ def _install_auth(app: flask.Flask, server: Server) -> None:
         if req.method == "OPTIONS" or req.path in AUTH_EXEMPT_PATHS:
             return None
         if not public:
-            public.update(ep.path for ep in server.registry.endpoints
-                          if not ep.auth and HTTP in ep.transports)
-            public.add("/server/jsonrpc")
+            public.update(public_paths(server))
         try:
             flask.g.http_user = server.auth.authenticate_request(req, req.path in public)
         except ApiError as err:
