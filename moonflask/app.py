@@ -20,7 +20,7 @@ from typing import Any
 
 import flask
 import gevent
-from flask_sock import Sock
+import simple_websocket
 from gevent.server import StreamServer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -31,7 +31,7 @@ from .api import disk_full_error, is_disk_full
 from .components.authorization import CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, load_authorization
 from .config import ConfigFile
 from .http_fast import FastPath
-from .connections import ConnectionManager, UnixConnection, WebsocketConnection
+from .connections import ConnectionManager, NoReaderThread, UnixConnection, WebsocketConnection
 from .components.data_store import DataStore
 from .jsonrpc import Dispatcher
 from .components.klippy_apis import Klippy
@@ -407,8 +407,6 @@ class _PrefixMiddleware:
 
 
 def _install_transports(app: flask.Flask, server: Server) -> None:
-    sock = Sock(app)
-
     @app.before_request
     def _websocket_admission() -> Any:
         # Decided before the upgrade, so a refusal is a plain HTTP error.
@@ -419,23 +417,20 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
         flask.g.ws_user, flask.g.ws_refused = server.auth.websocket_credentials(flask.request)
         return None
 
-    @sock.route("/websocket")
-    def websocket(ws: Any) -> None:
+    @app.route("/websocket", websocket=True)
+    def websocket() -> Any:
         request = flask.request
+        ws = simple_websocket.Server(request.environ, receive_bytes=65536,
+                                     thread_class=NoReaderThread)
         conn = WebsocketConnection(server.connections, ws, request.remote_addr,
                                    flask.g.get("ws_user"))
         conn.credentials_refused = bool(flask.g.get("ws_refused"))
         server.connections.add(conn)
         try:
-            while not conn.closed:
-                msg = ws.receive()
-                if msg is None:
-                    break
-                conn.handle_frame(msg)
-        except Exception as err:  # ConnectionClosed and socket errors end the session
-            log.debug("websocket %s closed: %s", conn.uid, err)
+            conn.serve()
         finally:
             conn.close()
+        return _websocket_finished(ws)
 
     @app.route("/server/jsonrpc", methods=["POST"])
     def http_jsonrpc() -> flask.Response:
@@ -480,6 +475,24 @@ def _install_transports(app: flask.Flask, server: Server) -> None:
             return error_response(full.status, full.message)
         log.error("internal error: %s", original)
         return error_response(500, "Internal Server Error")
+
+
+class _UpgradedResponse(flask.Response):
+    """What the view of an upgraded connection returns: the WSGI server
+    must write nothing more on that socket (as flask-sock answers)."""
+
+    mode = "gevent"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.mode == "gunicorn":
+            raise StopIteration()
+        return []
+
+
+def _websocket_finished(ws: Any) -> flask.Response:
+    resp = _UpgradedResponse()
+    resp.mode = ws.mode
+    return resp
 
 
 def _bad_body(err: Exception) -> flask.Response:

@@ -17,7 +17,7 @@ import gevent
 import gevent.lock
 import gevent.queue
 
-from wsproto.events import TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from .api import ApiError, UNIX, WEBSOCKET
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 OUTBOUND_QUEUE_SIZE = 4096      # messages; a client this far behind is closed
 OUTBOUND_QUEUE_BYTES = 8 << 20  # characters queued (8 MiB); likewise
 REQUEST_CONCURRENCY = 64        # requests in flight per connection
+PING_INTERVAL = 25.0            # seconds between websocket pings (a client silent for two is closed)
+RECEIVE_BYTES = 65536           # bytes read from a websocket at once
+CLOSE_GRACE = 5.0               # seconds a client has to answer our close frame
 CLIENT_TYPES = ("web", "mobile", "desktop", "display", "bot", "agent", "other")
 
 
@@ -210,8 +213,23 @@ class Connection:
         """Close the underlying socket (subclasses)."""
 
 
+class NoReaderThread:
+    """The ``thread_class`` given to simple-websocket's ``Server``: its
+    background reader thread is never started, because the connection's own
+    greenlet reads the socket (:meth:`WebsocketConnection.serve`), which saves
+    a greenlet switch, a selector wait and an event per incoming message."""
+
+    def __init__(self, target: Any = None) -> None:
+        self.name = "websocket reader (unused)"
+
+    def start(self) -> None:
+        """Nothing: see the class docstring."""
+
+
 class WebsocketConnection(Connection):
-    """A client of ``/websocket`` (flask-sock / simple-websocket)."""
+    """A client of ``/websocket``: simple-websocket's ``Server`` made the
+    handshake (with a :class:`NoReaderThread`); :meth:`serve` reads frames
+    with wsproto in the handler's greenlet."""
 
     transport = WEBSOCKET
 
@@ -219,6 +237,75 @@ class WebsocketConnection(Connection):
                  user: dict | None) -> None:
         self.ws = ws
         super().__init__(manager, ip, user)
+
+    def serve(self, ping_interval: float = PING_INTERVAL) -> None:
+        """Read and execute frames until the client closes, the connection is
+        closed, or a ping goes unanswered for ``ping_interval`` seconds.
+
+        Each complete text (or binary) message goes to :meth:`handle_frame`;
+        pings are answered, a close frame is answered and ends the session.
+        Raises nothing: a socket or protocol error ends the session."""
+        ws, sock = self.ws, self.ws.sock
+        proto = ws.ws
+        pinger = gevent.spawn(self._ping_loop, ping_interval)
+        partial: list[Any] = []
+        try:
+            while not self.closed:
+                data = sock.recv(RECEIVE_BYTES)
+                if not data:
+                    break
+                proto.receive_data(data)
+                for event in proto.events():
+                    if isinstance(event, (TextMessage, BytesMessage)):
+                        if event.message_finished and not partial:
+                            self.handle_frame(event.data)
+                            continue
+                        partial.append(event.data)
+                        if event.message_finished:
+                            first = partial[0]
+                            self.handle_frame("".join(partial) if isinstance(first, str)
+                                              else b"".join(partial))
+                            partial = []
+                    elif isinstance(event, Ping):
+                        self._send_control(event.response())
+                    elif isinstance(event, Pong):
+                        ws.pong_received = True
+                    elif isinstance(event, CloseConnection):
+                        ws.close_reason, ws.close_message = event.code, event.reason
+                        if ws.connected:
+                            ws.connected = False
+                            self._send_control(event.response())
+                        return
+        except Exception as err:  # socket errors and protocol violations end the session
+            log.debug("websocket %s: %s", self.uid, err)
+        finally:
+            ws.connected = False
+            pinger.kill(block=False)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _send_control(self, event: Any) -> None:
+        """Send a control frame (pong, close) between the writer's messages."""
+        with self._write_lock:
+            self.ws.sock.sendall(self.ws.ws.send(event))
+
+    def _ping_loop(self, interval: float) -> None:
+        ws = self.ws
+        while not self.closed:
+            gevent.sleep(interval)
+            if not ws.connected:
+                return
+            if not ws.pong_received:
+                log.info("websocket %s: no pong in %.0f s, closing", self.uid, interval)
+                self.close()
+                return
+            ws.pong_received = False
+            try:
+                self._send_control(Ping())
+            except Exception:
+                return
 
     def write(self, text: str) -> None:
         self.write_many((text,))
@@ -234,9 +321,24 @@ class WebsocketConnection(Connection):
         ws.sock.sendall(b"".join([encode(TextMessage(data=t)) for t in texts]))
 
     def close_transport(self) -> None:
+        """Send a close frame; the client has CLOSE_GRACE seconds to answer
+        it before the socket is closed under the reader."""
+        ws = self.ws
+        # not while a write is under way (or failed holding the lock): the
+        # frame would land inside another, and the socket is closed anyway
+        if ws.connected and self._write_lock.acquire(blocking=False):
+            try:
+                ws.close()
+            except Exception:
+                pass
+            finally:
+                self._write_lock.release()
+        gevent.spawn_later(CLOSE_GRACE, self._close_socket)
+
+    def _close_socket(self) -> None:
         try:
-            self.ws.close()
-        except Exception:
+            self.ws.sock.close()
+        except OSError:
             pass
 
 
