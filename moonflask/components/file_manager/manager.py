@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import time
 import zipfile
 from contextlib import contextmanager
@@ -454,9 +455,13 @@ class FileManager(UploadMixin):
         """Stored metadata of gcodes file ``rel`` (scanned now when missing or
         stale), or None when the file does not exist."""
         full = join(self.roots["gcodes"], rel)
-        if not os.path.isfile(full):
+        try:
+            st = os.stat(full)
+        except OSError:
             return None
-        md = self.metadata.get_valid(rel, full)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        md = self.metadata.get_valid(rel, full, st)
         if md is None:
             try:
                 md = self.scan_metadata(rel)

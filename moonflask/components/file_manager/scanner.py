@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+from collections import OrderedDict
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -190,9 +191,15 @@ class MetadataCache:
     """
 
     NAMESPACE = "gcode_metadata"
+    RECENT_ENTRIES = 256   # decoded database entries kept in memory (most recently used)
 
     def __init__(self, server: Any) -> None:
         self._mem: dict[str, dict[str, Any]] = {}
+        # the namespace is protected (clients cannot write it) and this class
+        # is its only writer while the server runs: a decoded copy of the
+        # entries last used saves the database read and decode of each
+        # server.files.metadata / files.list extended call
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._ns: Any = None
         db = server.components.get("database")
         if db is not None:
@@ -209,24 +216,39 @@ class MetadataCache:
     def get(self, rel: str) -> dict[str, Any] | None:
         """The stored entry for ``rel`` (stale or not), or None."""
         if self._ns is not None:
+            recent = self._recent.get(rel)
+            if recent is not None:
+                self._recent.move_to_end(rel)
+                return recent
             try:
                 value = self._ns.get(rel, None)
             except Exception:
                 log.exception("reading metadata for %s failed", rel)
                 return None
-            return value if isinstance(value, dict) else None
+            if not isinstance(value, dict):
+                return None
+            self._remember(rel, value)
+            return value
         return self._mem.get(rel)
 
-    def get_valid(self, rel: str, full: str) -> dict[str, Any] | None:
+    def _remember(self, rel: str, md: dict[str, Any]) -> None:
+        self._recent[rel] = md
+        self._recent.move_to_end(rel)
+        if len(self._recent) > self.RECENT_ENTRIES:
+            self._recent.popitem(last=False)
+
+    def get_valid(self, rel: str, full: str,
+                  st: os.stat_result | None = None) -> dict[str, Any] | None:
         """The entry for ``rel`` when it still describes ``full`` (same size
-        and mtime), else None."""
+        and mtime), else None.  ``st``: ``full``'s stat when the caller has it."""
         md = self.get(rel)
         if md is None:
             return None
-        try:
-            st = os.stat(full)
-        except OSError:
-            return None
+        if st is None:
+            try:
+                st = os.stat(full)
+            except OSError:
+                return None
         if md.get("size") != st.st_size or abs(float(md.get("modified", 0)) - st.st_mtime) > 1e-6:
             return None
         return md
@@ -234,8 +256,10 @@ class MetadataCache:
     def insert(self, rel: str, md: dict[str, Any]) -> None:
         """Store ``md`` for ``rel``."""
         if self._ns is not None:
+            self._recent.pop(rel, None)
             try:
                 self._ns.insert(rel, md)
+                self._remember(rel, md)
                 return
             except Exception as err:
                 from ...api import disk_full_error, is_disk_full   # not in the worker process
@@ -247,6 +271,7 @@ class MetadataCache:
 
     def delete(self, rel: str) -> None:
         """Forget ``rel`` (no error when absent)."""
+        self._recent.pop(rel, None)
         if self._ns is not None:
             try:
                 if self._ns.get(rel, None) is not None:
