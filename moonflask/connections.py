@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 from typing import Any, Iterator
 
 import gevent
@@ -72,11 +73,52 @@ class Connection:
         self._writer = gevent.spawn(self._write_loop)
 
     # -- outbound --------------------------------------------------------
-    def send_text(self, text: str) -> None:
-        """Queue one encoded message; closes the connection when its queue
-        is full (the client stopped reading)."""
+    def send_text(self, text: str, shared: dict[str, bytes] | None = None) -> None:
+        """Send one encoded message without blocking the caller.
+
+        When nothing is queued and no write is under way, the message is
+        written at once with one non-blocking ``send`` from the caller's
+        greenlet (no wake-up of the writer greenlet); what the socket did not
+        take, or a message arriving while others wait, is queued for the
+        writer.  Closes the connection when its queue is full (the client
+        stopped reading).
+
+        Args:
+            shared: a broadcast's cache of the message's wire form by kind of
+                transport (:meth:`wire_form`), so that it is framed once for
+                every connection that can share it.
+        """
         if self.closed:
             return
+        item: str | bytes = text
+        if not self._queue.qsize() and self._write_lock.acquire(blocking=False):
+            try:
+                data = self.wire_form(text, shared)
+                sent = self.send_nowait(data)
+            except Exception as err:
+                log.info("connection %s write failed: %s", self.uid, err)
+                self._write_lock.release()
+                self.close()
+                return
+            self._write_lock.release()
+            if sent == len(data):
+                return
+            item = data[sent:]          # the rest goes first, through the writer
+        self._enqueue(item)
+
+    def wire_form(self, text: str, shared: dict[str, bytes] | None = None) -> bytes:
+        """The bytes that carry message ``text`` on this transport
+        (subclasses), from ``shared`` when another connection made them."""
+        raise NotImplementedError
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` now, without waiting;
+        returns the bytes written (0 when it would block).  Raises OSError
+        when the connection is broken (subclasses)."""
+        return 0
+
+    def _enqueue(self, item: str | bytes) -> None:
+        text = item
         try:
             if self._queued + len(text) > OUTBOUND_QUEUE_BYTES:
                 raise gevent.queue.Full
@@ -213,6 +255,17 @@ class Connection:
         """Close the underlying socket (subclasses)."""
 
 
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final websocket text frame carrying ``payload`` (RFC 6455
+    section 5.2: what a server sends, with no extension)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 class NoReaderThread:
     """The ``thread_class`` given to simple-websocket's ``Server``: its
     background reader thread is never started, because the connection's own
@@ -236,6 +289,9 @@ class WebsocketConnection(Connection):
     def __init__(self, manager: "ConnectionManager", ws: Any, ip: str | None,
                  user: dict | None) -> None:
         self.ws = ws
+        # simple-websocket accepts permessage-deflate whenever the client offers it
+        offered = getattr(ws, "environ", {}).get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")
+        self.deflate = "permessage-deflate" in offered.lower()
         super().__init__(manager, ip, user)
 
     def serve(self, ping_interval: float = PING_INTERVAL) -> None:
@@ -313,12 +369,38 @@ class WebsocketConnection(Connection):
     def write_many(self, texts: Any) -> None:
         """Encode each message as a websocket text frame and send them all in
         one ``sendall`` (simple-websocket's ``send`` sends one frame with one
-        ``send``, which may also write only part of a large frame)."""
+        ``send``, which may also write only part of a large frame); a
+        ``bytes`` item is already on the wire's form (the rest of a frame)."""
         ws = self.ws
         if not ws.connected:
             raise ConnectionError("websocket closed")
         encode = ws.ws.send
-        ws.sock.sendall(b"".join([encode(TextMessage(data=t)) for t in texts]))
+        ws.sock.sendall(b"".join([t if isinstance(t, bytes) else encode(TextMessage(data=t))
+                                  for t in texts]))
+
+    def wire_form(self, text: str, shared: dict[str, bytes] | None = None) -> bytes:
+        """A websocket text frame; the same frame serves every connection
+        without permessage-deflate (``shared["ws"]``), a compressed one is
+        this connection's own (wsproto keeps its compression context)."""
+        if self.ws.connected and not self.deflate:
+            frame = shared.get("ws") if shared is not None else None
+            if frame is None:
+                frame = text_frame(text.encode())
+                if shared is not None:
+                    shared["ws"] = frame
+            return frame
+        if not self.ws.connected:
+            raise ConnectionError("websocket closed")
+        return self.ws.ws.send(TextMessage(data=text))
+
+    def send_nowait(self, data: bytes) -> int:
+        raw = getattr(self.ws.sock, "_sock", None)   # gevent's socket: the OS socket
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
 
     def close_transport(self) -> None:
         """Send a close frame; the client has CLOSE_GRACE seconds to answer
@@ -352,11 +434,31 @@ class UnixConnection(Connection):
         super().__init__(manager, None, None)
 
     def write(self, text: str) -> None:
-        self.sock.sendall(text.encode() + b"\x03")
+        self.write_many((text,))
 
-    def write_many(self, texts: list[str]) -> None:
-        """All the messages in one ``sendall``, each ETX-terminated."""
-        self.sock.sendall("\x03".join(texts).encode() + b"\x03")
+    def write_many(self, texts: Any) -> None:
+        """All the messages in one ``sendall``, each ETX-terminated (a
+        ``bytes`` item is the rest of one already terminated)."""
+        self.sock.sendall(b"".join([t if isinstance(t, bytes) else t.encode() + b"\x03"
+                                    for t in texts]))
+
+    def wire_form(self, text: str, shared: dict[str, bytes] | None = None) -> bytes:
+        """``text`` UTF-8 encoded and ETX-terminated (``shared["unix"]``)."""
+        data = shared.get("unix") if shared is not None else None
+        if data is None:
+            data = text.encode() + b"\x03"
+            if shared is not None:
+                shared["unix"] = data
+        return data
+
+    def send_nowait(self, data: bytes) -> int:
+        raw = getattr(self.sock, "_sock", None)
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
 
     def close_transport(self) -> None:
         try:
@@ -415,9 +517,10 @@ class ConnectionManager:
         """Queue an already-encoded message on every authenticated
         connection (an untrusted websocket that has not logged in or
         identified with credentials receives no notification)."""
+        shared: dict[str, bytes] = {}      # the message framed once per kind of transport
         for conn in list(self._conns.values()):
             if conn.receives_notifications():
-                conn.send_text(text)
+                conn.send_text(text, shared)
 
     def close_all(self) -> None:
         """Close every connection (shutdown / restart)."""

@@ -73,3 +73,64 @@ def test_garbage_ends_that_session_only(server):
     other.send(json.dumps({"jsonrpc": "2.0", "method": "server.info", "id": 9}))
     assert _reply(other, 9)["result"]["websocket_count"] >= 1
     other.close()
+
+
+def test_permessage_deflate_client(server):
+    """A browser-like client that offers permessage-deflate gets compressed
+    frames, replies and broadcasts alike, that decompress to the messages."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+    from wsproto.extensions import PerMessageDeflate
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    client = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(client.send(Request(host="127.0.0.1", target="/websocket",
+                                     extensions=[PerMessageDeflate()])))
+    messages: list[dict] = []
+    accepted = None
+    compressed = []
+
+    def pump(until) -> None:
+        nonlocal accepted
+        while not until():
+            data = sock.recv(65536)
+            assert data, "the server closed the connection"
+            if accepted is not None and data[0] & 0x40:   # RSV1: a compressed frame
+                compressed.append(data[0])
+            client.receive_data(data)
+            for event in client.events():
+                if isinstance(event, AcceptConnection):
+                    accepted = event
+                elif isinstance(event, TextMessage):
+                    messages.append(json.loads(event.data))
+
+    pump(lambda: accepted is not None)
+    assert [type(e).__name__ for e in accepted.extensions] == ["PerMessageDeflate"]
+    sock.sendall(client.send(TextMessage(data=json.dumps(
+        {"jsonrpc": "2.0", "method": "server.info", "id": 1}))))
+    pump(lambda: any(m.get("id") == 1 for m in messages))
+    # a broadcast: a gcode response to every connection
+    token = "deflate-check"
+    r = server.post("/printer/gcode/script", json={"script": f"M118 {token}"})
+    assert r.status_code == 200, r.text
+    pump(lambda: any(m.get("method") == "notify_gcode_response"
+                     and token in json.dumps(m) for m in messages))
+    assert compressed, "no compressed frame arrived"
+    sock.close()
+
+
+def test_broadcast_reaches_every_client_in_order(server):
+    clients = [_connect(server) for _ in range(20)]
+    for i in range(5):
+        r = server.post("/printer/gcode/script", json={"script": f"M118 order-{i}"})
+        assert r.status_code == 200, r.text
+    for ws in clients:
+        seen = []
+        while len(seen) < 5:
+            msg = json.loads(ws.recv())
+            if msg.get("method") == "notify_gcode_response":
+                text = msg["params"][0]
+                if "order-" in text:
+                    seen.append(text.split("order-")[1])
+        assert seen == ["0", "1", "2", "3", "4"]
+        ws.close()
