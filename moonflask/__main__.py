@@ -129,6 +129,7 @@ class MoonflaskHandler(WSGIHandler):
     - the status line, the headers and the first body chunk go out in one
       ``send`` (gevent sends headers and body apart: one more syscall per
       response, and a Nagle stall without TCP_NODELAY);
+    - no access-log line is formatted when there is no access log;
     - a connection that was upgraded to a websocket is closed when the
       websocket session ends, instead of being read as the next HTTP request
       (the client would wait for the TCP close until it times out).
@@ -181,6 +182,13 @@ class MoonflaskHandler(WSGIHandler):
                     return
         except (OSError, ValueError):
             return
+
+    def log_request(self) -> None:
+        """No access log (the server runs with ``log=None``): gevent would
+        still format each request's log line (time stamp included), and
+        throw it away."""
+        if not isinstance(self.server.log, pywsgi._NoopLog):
+            super().log_request()
 
     def handle_one_response(self) -> None:
         super().handle_one_response()
