@@ -260,6 +260,21 @@ def parse_query_args(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
+def json_body_args(raw: bytes) -> dict[str, Any]:
+    """The arguments of an ``application/json`` request body: ``{}`` for an
+    empty body.  Raises ApiError 400 for malformed JSON or a body that is
+    not an object (web_api.md "HTTP API Overview")."""
+    if not raw.strip():
+        return {}
+    try:
+        body = jsonutil.loads(raw)
+    except ValueError:
+        raise ApiError("Error decoding JSON body", 400) from None
+    if not isinstance(body, dict):
+        raise ApiError("Request body must be a JSON object", 400)
+    return body
+
+
 @dataclass
 class ApiRequest:
     """What a handler receives.

@@ -24,9 +24,9 @@ import simple_websocket
 from gevent.server import StreamServer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import MOONRAKER_VERSION, jsonutil
+from . import MOONRAKER_VERSION
 from .api import (HTTP, ApiError, ApiRequest, Args, Endpoint, Registry, error_response,
-                  json_response, parse_query_args)
+                  json_body_args, json_response, parse_query_args)
 from .api import disk_full_error, is_disk_full
 from .components.authorization import CORS_ALLOW_HEADERS, CORS_ALLOW_METHODS, load_authorization
 from .config import ConfigFile
@@ -310,15 +310,7 @@ def http_args(request: flask.Request) -> dict[str, Any]:
     args = parse_query_args(request.args.items(multi=True))
     ctype = request.mimetype
     if ctype == "application/json":
-        raw = request.get_data(cache=True)
-        if raw.strip():
-            try:
-                body = jsonutil.loads(raw)
-            except ValueError:
-                raise ApiError("Error decoding JSON body", 400) from None
-            if not isinstance(body, dict):
-                raise ApiError("Request body must be a JSON object", 400)
-            args.update(body)
+        args.update(json_body_args(request.get_data(cache=True)))
     elif ctype == "application/x-www-form-urlencoded":
         args.update(request.form.to_dict())
     return args

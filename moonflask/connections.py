@@ -111,11 +111,21 @@ class Connection:
         (subclasses), from ``shared`` when another connection made them."""
         raise NotImplementedError
 
+    def transport_socket(self) -> Any:
+        """The connection's gevent socket (subclasses), or None."""
+        return None
+
     def send_nowait(self, data: bytes) -> int:
         """Write what the socket takes of ``data`` now, without waiting;
-        returns the bytes written (0 when it would block).  Raises OSError
-        when the connection is broken (subclasses)."""
-        return 0
+        returns the bytes written (0 when it would block, or when the socket
+        is not gevent's).  Raises OSError when the connection is broken."""
+        raw = getattr(self.transport_socket(), "_sock", None)   # gevent's: the OS socket
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
 
     def _enqueue(self, item: str | bytes) -> None:
         text = item
@@ -393,14 +403,8 @@ class WebsocketConnection(Connection):
             raise ConnectionError("websocket closed")
         return self.ws.ws.send(TextMessage(data=text))
 
-    def send_nowait(self, data: bytes) -> int:
-        raw = getattr(self.ws.sock, "_sock", None)   # gevent's socket: the OS socket
-        if raw is None:
-            return 0
-        try:
-            return raw.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
+    def transport_socket(self) -> Any:
+        return self.ws.sock
 
     def close_transport(self) -> None:
         """Send a close frame; the client has CLOSE_GRACE seconds to answer
@@ -451,14 +455,8 @@ class UnixConnection(Connection):
                 shared["unix"] = data
         return data
 
-    def send_nowait(self, data: bytes) -> int:
-        raw = getattr(self.sock, "_sock", None)
-        if raw is None:
-            return 0
-        try:
-            return raw.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
+    def transport_socket(self) -> Any:
+        return self.sock
 
     def close_transport(self) -> None:
         try:

@@ -39,7 +39,7 @@ from werkzeug.datastructures import EnvironHeaders
 
 from . import jsonutil
 from .api import HTTP, ApiError, ApiRequest, Args, Endpoint, disk_full_error, is_disk_full
-from .api import parse_query_args
+from .api import json_body_args, parse_query_args
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,7 @@ class FastPath:
             user = server.auth.authenticate_request(info, path in self.public)
             server.auth.require_user(user, ep)
             args = parse_query_args(pairs)
-            if body.strip():
-                try:
-                    data = jsonutil.loads(body)
-                except ValueError:
-                    raise ApiError("Error decoding JSON body", 400) from None
-                if not isinstance(data, dict):
-                    raise ApiError("Request body must be a JSON object", 400)
-                args.update(data)
+            args.update(json_body_args(body))
             result = ep.handler(ApiRequest(Args(args), info.method, server, HTTP, None, user,
                                            info.remote_addr, info))
         except ApiError as err:
