@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
-DBUS_DAEMON = shutil.which("dbus-daemon")
 
 # -- the systemd stand-in (runs in its own process) ----------------------------
 UNITS = {   # name: [active_state, sub_state]
@@ -104,6 +100,8 @@ if __name__ == "__main__":
     raise SystemExit(0)
 
 # -- the tests -------------------------------------------------------------------
+from services import DBUS_DAEMON, dbus_with_standin  # noqa: E402
+
 pytestmark = pytest.mark.skipif(DBUS_DAEMON is None, reason="dbus-daemon is not installed")
 
 
@@ -114,29 +112,9 @@ def read_state(path: str) -> dict:
 
 @pytest.fixture(scope="module")
 def bus(tmp_root):
-    bdir = os.path.join(tmp_root, "dbus")
-    os.makedirs(bdir, exist_ok=True)
-    address = f"unix:path={bdir}/bus"
-    daemon = subprocess.Popen([DBUS_DAEMON, "--session", "--nofork", "--nopidfile",
-                               f"--address={address}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(f"{bdir}/bus") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    state = os.path.join(bdir, "standin.json")
-    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address)
-    standin = subprocess.Popen([sys.executable, os.path.abspath(__file__), state], env=env)
-    while not os.path.exists(state) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert os.path.exists(state), "systemd stand-in did not start"
-    yield address, state
-    for proc in (standin, daemon):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with dbus_with_standin(os.path.join(tmp_root, "dbus"), os.path.abspath(__file__),
+                           "systemd stand-in") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

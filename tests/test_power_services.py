@@ -4,56 +4,20 @@ provider; the device is a Tasmota plug on 127.0.0.1 (tests/fake_devices.py)."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 import fake_devices as fd
 
-BIN = os.path.dirname(sys.executable)
+from services import SUPERVISORCTL, SUPERVISORD, ctl_status, supervisord, venv_first_on_path
 
-
-def _tool(name: str) -> str | None:
-    path = os.path.join(BIN, name)
-    return path if os.path.exists(path) else shutil.which(name)
-
-
-SUPERVISORD = _tool("supervisord")
-SUPERVISORCTL = _tool("supervisorctl")
 pytestmark = pytest.mark.skipif(not SUPERVISORD or not SUPERVISORCTL,
                                 reason="supervisor is not installed")
 
-CONF = """\
-[unix_http_server]
-file={dir}/supervisor.sock
-
-[supervisord]
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}
-nodaemon=true
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{dir}/supervisor.sock
-
-[program:crowsnest]
-command=/bin/sleep 100000
-startsecs=0
-stopwaitsecs=2
-"""
-
 
 def program_state(conf: str) -> str:
-    out = subprocess.run([SUPERVISORCTL, "-c", conf, "status", "crowsnest"],
-                         capture_output=True, text=True).stdout.split()
-    return out[1] if len(out) > 1 else ""
+    return ctl_status(conf).get("crowsnest", ("",))[0]
 
 
 def wait_for(pred, timeout=15.0, what="condition"):
@@ -67,23 +31,8 @@ def wait_for(pred, timeout=15.0, what="condition"):
 
 @pytest.fixture(scope="module")
 def supervisor(tmp_root):
-    sdir = os.path.join(tmp_root, "svpower")
-    os.makedirs(sdir, exist_ok=True)
-    conf = os.path.join(sdir, "supervisord.conf")
-    with open(conf, "w") as fh:
-        fh.write(CONF.format(dir=sdir))
-    proc = subprocess.Popen([SUPERVISORD, "-c", conf], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: program_state(conf) == "RUNNING", what="supervisord started")
+    with supervisord(os.path.join(tmp_root, "svpower"), {"crowsnest": "stopwaitsecs=2\n"}) as conf:
         yield conf
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +47,7 @@ def plug():
 def srv(start_server, printer_data, supervisor, plug):
     with open(os.path.join(printer_data, "moonraker.asvc"), "w") as fh:
         fh.write("crowsnest\n")
-    old = os.environ.get("PATH", "")
-    os.environ["PATH"] = BIN + os.pathsep + old   # the venv's supervisorctl first
-    try:
+    with venv_first_on_path():
         return start_server(config=f"""[machine]
 provider: supervisord_cli
 supervisord_config_path: {supervisor}
@@ -112,8 +59,6 @@ port: {plug.port}
 initial_state: off
 bound_services: crowsnest
 """)
-    finally:
-        os.environ["PATH"] = old
 
 
 def test_bound_service_follows_the_device(srv, supervisor, plug):

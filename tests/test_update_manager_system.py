@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
-DBUS_DAEMON = shutil.which("dbus-daemon")
 UPDATES = {"libfoo;2.0;amd64;debian": "Foo library", "barutil;1.5;amd64;debian": "Bar tools"}
 INSTALLED = {"python3"}
 
@@ -89,6 +84,7 @@ if __name__ == "__main__":
 
 # -- the tests -------------------------------------------------------------------
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from services import DBUS_DAEMON, dbus_with_standin  # noqa: E402
 from um_helpers import Origin, head, status, update_messages, wait_initialized  # noqa: E402
 
 pytestmark = pytest.mark.skipif(DBUS_DAEMON is None, reason="dbus-daemon is not installed")
@@ -101,30 +97,9 @@ def calls(state: str) -> list:
 
 @pytest.fixture
 def bus(tmp_root):
-    bdir = os.path.join(tmp_root, "pkbus")
-    os.makedirs(bdir, exist_ok=True)
-    address = f"unix:path={bdir}/bus"
-    daemon = subprocess.Popen([DBUS_DAEMON, "--session", "--nofork", "--nopidfile",
-                               f"--address={address}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(f"{bdir}/bus") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    state = os.path.join(bdir, "standin.json")
-    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address)
-    standin = subprocess.Popen([sys.executable, os.path.abspath(__file__), state], env=env)
-    while not os.path.exists(state) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert os.path.exists(state), "PackageKit stand-in did not start"
-    yield address, state
-    for proc in (standin, daemon):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    shutil.rmtree(bdir, ignore_errors=True)
+    with dbus_with_standin(os.path.join(tmp_root, "pkbus"), os.path.abspath(__file__),
+                           "PackageKit stand-in") as found:
+        yield found
 
 
 def test_packagekit_updates_and_dependencies(start_server, tmp_root, bus, monkeypatch):
