@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import sim_printer  # noqa: E402
+import capture_reference as cr  # noqa: E402
 from capture_reference import WS, Capture, free_port, wait_moonraker  # noqa: E402
 
 #: Malformed (and a few well-formed) arguments of printer.* endpoints:
@@ -163,13 +164,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         sim_printer.wait_ready(sim.socket_path, 90, sim)
         write_conf(conf, port, sim.socket_path)
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        proc = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = Capture(args.out, port, sim)
         wait_moonraker(cap, 90)
         ws = WS(f"ws://127.0.0.1:{port}/websocket")
@@ -191,18 +186,9 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if ws is not None:
             ws.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        cr.stop_process(proc)
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 def run_dev_mode(args: argparse.Namespace) -> None:
@@ -244,11 +230,7 @@ def run_dev_mode(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference-python", default=os.path.join(
-        REPO_ROOT, ".reference-venv", "bin", "python"))
-    p.add_argument("--klippy-python", default=None)
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
-    p.add_argument("--keep", action="store_true")
+    cr.reference_arguments(p)
     p.add_argument("--only", choices=("main", "dev_mode"), default=None)
     args = p.parse_args(argv)
     if args.only in (None, "main"):

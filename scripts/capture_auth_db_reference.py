@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
+import capture_reference as cr  # noqa: E402
 
 UNTRUSTED = "127.0.0.2"
 
@@ -273,7 +274,7 @@ def capture(cap: Capture, url: str, data: str) -> None:
                            "params": {"client_name": "cap", "version": "1", "type": "web",
                                       "url": "http://x"}, "id": 1}))
     ws_tr.recv()
-    created = cap.rpc("auth_rpc_post_user", ws_tr, "access.post_user",
+    cap.rpc("auth_rpc_post_user", ws_tr, "access.post_user",
                       {"username": "alice", "password": "secret1"})
     h("auth_post_user_exists", trusted, "POST", "/access/user",
       json={"username": "alice", "password": "other"})
@@ -412,10 +413,7 @@ def capture(cap: Capture, url: str, data: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--reference-python", default=os.environ.get(
-        "MOONFLASK_REFERENCE_PYTHON", ".reference-venv/bin/python"))
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
-    p.add_argument("--keep", action="store_true")
+    cr.reference_arguments(p, klippy=False)
     args = p.parse_args(argv)
     data = tempfile.mkdtemp(prefix="mfref-")
     for sub in ("config", "logs", "gcodes", "database", "comms"):

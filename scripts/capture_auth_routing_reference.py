@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO_ROOT)
+import capture_reference as cr  # noqa: E402
 
 UNTRUSTED = "127.0.0.2"
 TRUSTED = "127.0.0.1"
@@ -451,10 +452,7 @@ def capture(out: str, python: str, klippy_python: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--reference-python", default=os.environ.get(
-        "MOONFLASK_REFERENCE_PYTHON", os.path.join(REPO_ROOT, ".reference-venv/bin/python")))
-    p.add_argument("--klippy-python", default=None)
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
+    cr.reference_arguments(p, keep=False)
     args = p.parse_args(argv)
     capture(args.out, args.reference_python, args.klippy_python)
     return 0

@@ -22,6 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import capture_reference as cr  # noqa: E402
 
 SMUGGLED = b"GET /server/info?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 GET = b"GET /server/info HTTP/1.1\r\nHost: x\r\n"
@@ -123,10 +124,7 @@ def capture(out: str, python: str, klippy_python: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--reference-python", default=os.environ.get(
-        "MOONFLASK_REFERENCE_PYTHON", os.path.join(REPO_ROOT, ".reference-venv/bin/python")))
-    p.add_argument("--klippy-python", default=None)
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
+    cr.reference_arguments(p, keep=False)
     args = p.parse_args(argv)
     capture(args.out, args.reference_python, args.klippy_python)
     return 0

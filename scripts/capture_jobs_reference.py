@@ -16,9 +16,6 @@ import argparse
 import http.server
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -416,36 +413,21 @@ def run(args):
     wss = []
     try:
         sim_printer.wait_ready(sim.socket_path, 60, sim)
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        mr = subprocess.Popen([args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-                               "-l", os.path.join(data, "logs", "moonraker.log"), "-g"],
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              start_new_session=True)
-        out.close()
+        mr = cr.start_moonraker(args.reference_python, data, conf, tmp, "-g")
         cap = cr.Capture(args.out, port, sim)
         cr.wait_moonraker(cap)
         capture(cap, port, sim, wss, rec, gcodes)
     finally:
         for w in wss:
             w.close()
-        if mr is not None and mr.poll() is None:
-            mr.send_signal(signal.SIGTERM)
-            try:
-                mr.wait(10)
-            except subprocess.TimeoutExpired:
-                mr.kill()
+        cr.stop_process(mr)
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap, klippy=False)
     run(ap.parse_args())
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,13 +45,7 @@ def run_one(args, tag: str, machine: str, steps) -> None:
         sim_printer.wait_ready(sim.socket_path, 60, sim)
         with open(conf, "w") as fh:
             fh.write(conf_text(port, sim.socket_path, machine))
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        proc = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = cr.Capture(args.out, port, sim)
         cr.wait_moonraker(cap)
         ws = cr.WS(f"ws://127.0.0.1:{port}/websocket")
@@ -62,18 +53,9 @@ def run_one(args, tag: str, machine: str, steps) -> None:
     finally:
         if ws is not None:
             ws.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        cr.stop_process(proc)
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 def default_steps(cap, ws, tag):
@@ -114,10 +96,7 @@ def default_steps(cap, ws, tag):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
-    ap.add_argument("--klippy-python", default=None)
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap)
     args = ap.parse_args()
     run_one(args, "dbus", "", default_steps)
     run_one(args, "none", "[machine]\nprovider: none\n", default_steps)

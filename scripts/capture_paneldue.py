@@ -18,9 +18,6 @@ import argparse
 import json
 import os
 import select
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -167,11 +164,7 @@ def steps(rec: Recorder, cap) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=os.path.join(REPO, ".reference-venv",
-                                                               "bin", "python"))
-    ap.add_argument("--klippy-python", default=None)
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mfpdue-", dir="/tmp")
     data = os.path.join(tmp, "data")
@@ -207,32 +200,17 @@ trusted_clients:
 [file_manager]
 
 {PANEL_CONF.format(serial=panel.path)}""")
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        proc = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = cr.Capture(args.out, port, sim)
         cr.wait_moonraker(cap)
         time.sleep(2.0)
         collect(panel, 0.5)
         steps(Recorder(args.out, panel), cap)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        cr.stop_process(proc)
         sim_printer.stop(sim)
         panel.close()
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 if __name__ == "__main__":

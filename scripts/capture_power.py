@@ -15,9 +15,6 @@ import argparse
 import json
 import os
 import random
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -262,11 +259,7 @@ def steps(cap, ws, devices, sim) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=os.path.join(REPO, ".reference-venv",
-                                                               "bin", "python"))
-    ap.add_argument("--klippy-python", default=None)
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mfpow-", dir="/tmp")
     data = os.path.join(tmp, "data")
@@ -284,13 +277,7 @@ def main() -> None:
         sim_printer.wait_ready(sim.socket_path, 60, sim)
         with open(conf, "w") as fh:
             fh.write(conf_text(port, sim.socket_path, devices, cr.free_port(), serial.path))
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        proc = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = cr.Capture(args.out, port, sim)
         cr.wait_moonraker(cap)
         ws = cr.WS(f"ws://127.0.0.1:{port}/websocket")
@@ -310,20 +297,11 @@ def main() -> None:
     finally:
         if ws is not None:
             ws.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        cr.stop_process(proc)
         sim_printer.stop(sim)
         for dev in devices.values():
             dev.stop()
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import queue
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -229,11 +227,7 @@ def steps(cap, ws, watcher: Watcher, plugs: dict, startup_mark: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=os.path.join(REPO, ".reference-venv",
-                                                               "bin", "python"))
-    ap.add_argument("--klippy-python", default=None)
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mfpowmq-", dir="/tmp")
     data = os.path.join(tmp, "data")
@@ -270,13 +264,7 @@ def main() -> None:
     finally:
         if ws is not None:
             ws.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        cr.stop_process(proc)
         sim_printer.stop(sim)
         for p in plugs.values():
             try:
@@ -284,10 +272,7 @@ def main() -> None:
             except Exception:
                 pass
         broker.stop()
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 if __name__ == "__main__":

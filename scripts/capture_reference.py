@@ -46,6 +46,57 @@ import sim_printer  # noqa: E402
 NOISY = {"notify_proc_stat_update"}
 
 
+def reference_arguments(ap: argparse.ArgumentParser, klippy: bool = True,
+                        keep: bool = True) -> None:
+    """The options every capture script takes: ``--reference-python``
+    (default $MOONFLASK_REFERENCE_PYTHON, else the checkout's
+    .reference-venv), ``--klippy-python`` (when ``klippy``), ``--out`` (the
+    recordings folder, tests/reference) and ``--keep`` (when ``keep``: keep
+    the temporary data folder)."""
+    ap.add_argument("--reference-python", default=os.environ.get(
+        "MOONFLASK_REFERENCE_PYTHON", os.path.join(REPO_ROOT, ".reference-venv", "bin", "python")))
+    if klippy:
+        ap.add_argument("--klippy-python", default=None)
+    ap.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
+    if keep:
+        ap.add_argument("--keep", action="store_true",
+                        help="keep the temporary data directory")
+
+
+def start_moonraker(python: str, data: str, conf: str, tmp: str,
+                    *extra: str) -> subprocess.Popen:
+    """Start the reference Moonraker (``python -m moonraker``) on the data
+    folder ``data`` with config ``conf`` and the options ``extra`` (``-g``),
+    its output in ``TMP/moonraker.out``, in a session of its own.  Returns
+    the process (stop it with :func:`stop_process`)."""
+    with open(os.path.join(tmp, "moonraker.out"), "wb") as out:
+        return subprocess.Popen(
+            [python, "-m", "moonraker", "-d", data, "-c", conf,
+             "-l", os.path.join(data, "logs", "moonraker.log"), *extra],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+
+def stop_process(proc: "subprocess.Popen | None", timeout: float = 10) -> None:
+    """SIGTERM ``proc`` when it runs, SIGKILL after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def finish_tmp(tmp: str, keep: bool) -> None:
+    """Remove a capture's temporary folder, or say where it was kept."""
+    if keep:
+        print("kept", tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -313,13 +364,7 @@ def run(args):
         sim_printer.wait_ready(sim.socket_path, 60, sim)
         print("klippy ready in %.2fs" % (time.monotonic() - t0))
         write_conf(conf, port, sim.socket_path, data)
-        mr_out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        mr_proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=mr_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        mr_out.close()
+        mr_proc = start_moonraker(args.reference_python, data, conf, tmp)
         cap = Capture(args.out, port, sim)
         t0 = time.monotonic()
         wait_moonraker(cap)
@@ -334,18 +379,9 @@ def run(args):
     finally:
         for w in wss:
             w.close()
-        if mr_proc is not None and mr_proc.poll() is None:
-            mr_proc.send_signal(signal.SIGTERM)
-            try:
-                mr_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                mr_proc.kill()
-                mr_proc.wait()
+        stop_process(mr_proc)
         sim_printer.stop(cap.sim if 'cap' in locals() else sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish_tmp(tmp, args.keep)
 
 
 def capture_all(cap: Capture, port: int, sim, wss: list):
@@ -792,16 +828,7 @@ def lifecycle(cap: Capture, ws: WS, url: str, wss: list):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reference-python",
-                    default=os.environ.get(
-                        "MOONFLASK_REFERENCE_PYTHON",
-                        os.path.join(REPO_ROOT, ".reference-venv", "bin",
-                                     "python")))
-    ap.add_argument("--klippy-python", default=None)
-    ap.add_argument("--out", default=os.path.join(REPO_ROOT, "tests",
-                                                  "reference"))
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the temporary data directory")
+    reference_arguments(ap)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     run(args)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -170,12 +167,7 @@ def run(args):
     ws = None
     try:
         sim_printer.wait_ready(sim.socket_path, 60, sim)
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        mr = subprocess.Popen([args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-                               "-l", os.path.join(data, "logs", "moonraker.log")],
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              start_new_session=True)
-        out.close()
+        mr = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = cr.Capture(args.out, port, sim)
         cr.wait_moonraker(cap)
         ws = WsClient(f"ws://127.0.0.1:{port}/websocket")
@@ -183,25 +175,15 @@ def run(args):
     finally:
         if ws is not None:
             ws.close()
-        if mr is not None and mr.poll() is None:
-            mr.send_signal(signal.SIGTERM)
-            try:
-                mr.wait(10)
-            except subprocess.TimeoutExpired:
-                mr.kill()
+        cr.stop_process(mr)
         spm.stop()
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap, klippy=False)
     run(ap.parse_args())
 
 

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import sim_printer  # noqa: E402
 from capture_args_db_config_reference import write_dev_feeds  # noqa: E402
+import capture_reference as cr  # noqa: E402
 from capture_reference import WS, Capture, free_port, wait_moonraker  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "data"))
@@ -153,13 +153,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         sim_printer.wait_ready(sim.socket_path, 90, sim)
         write_conf(conf, port, sim.socket_path)
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        proc = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = Capture(args.out, port, sim)
         wait_moonraker(cap, 90)
         ws = WS(f"ws://127.0.0.1:{port}/websocket")
@@ -183,19 +177,12 @@ def run(args: argparse.Namespace) -> None:
             proc.kill()
             proc.wait()
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference-python", default=os.path.join(
-        REPO_ROOT, ".reference-venv", "bin", "python"))
-    p.add_argument("--klippy-python", default=None)
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "reference"))
-    p.add_argument("--keep", action="store_true")
+    cr.reference_arguments(p)
     run(p.parse_args(argv))
     return 0
 

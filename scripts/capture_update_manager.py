@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -86,10 +84,7 @@ def strip_tracebacks(out_dir: str, names: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
-    ap.add_argument("--klippy-python", default=None)
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="mfupd-", dir="/tmp")
     data = os.path.join(tmp, "data")
@@ -112,13 +107,7 @@ def main() -> None:
                      f"[update_manager myext]\ntype: git_repo\npath: {managed}\n"
                      f"origin: {origin}\nprimary_branch: master\nchannel: dev\n"
                      "is_system_service: False\ninfo_tags:\n  desc=My Extension\n")
-        out = open(os.path.join(tmp, "moonraker.out"), "wb")
-        proc = subprocess.Popen(
-            [args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-             "-l", os.path.join(data, "logs", "moonraker.log")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        out.close()
+        proc = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = cr.Capture(args.out, port, sim)
         cr.wait_moonraker(cap)
         ws = cr.WS(f"ws://127.0.0.1:{port}/websocket")
@@ -177,18 +166,9 @@ def main() -> None:
     finally:
         if ws is not None:
             ws.close()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        cr.stop_process(proc)
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 if __name__ == "__main__":
