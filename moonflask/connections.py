@@ -313,6 +313,7 @@ class WebsocketConnection(Connection):
         Raises nothing: a socket or protocol error ends the session."""
         ws, sock = self.ws, self.ws.sock
         proto = ws.ws
+        sock.settimeout(None)     # gunicorn leaves its keep-alive timeout on the socket
         pinger = gevent.spawn(self._ping_loop, ping_interval)
         partial: list[Any] = []
         try:
