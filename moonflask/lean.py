@@ -44,8 +44,58 @@ def patch_gevent() -> None:
 
 
 def _patch_ssl(module: types.ModuleType) -> None:
+    """``ssl`` has just run: patch it (``monkey.patch_ssl`` imports
+    gevent.ssl), unless gevent.ssl's own import is what ran it
+    (``_GeventSslFinder`` then patches once gevent.ssl is complete)."""
+    if _GeventSslFinder.instance in sys.meta_path:
+        sys.meta_path.remove(_GeventSslFinder.instance)
+    if _GeventSslFinder.importing:
+        return
     from gevent import monkey
     monkey.patch_ssl()
+
+
+class _GeventSslFinder:
+    """While ``ssl`` has not run: an ``import gevent.ssl`` (which runs
+    ``ssl`` from its first lines, before it can be used to patch it) gets
+    gevent.ssl's own spec with a loader that, once gevent.ssl has run,
+    calls gevent's ``patch_ssl``."""
+
+    instance: "_GeventSslFinder | None" = None
+    importing = False
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "gevent.ssl":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _PatchAfterLoader(spec.loader)
+        _GeventSslFinder.importing = True
+        return spec
+
+
+class _PatchAfterLoader:
+    """gevent.ssl's loader, then ``monkey.patch_ssl``."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        try:
+            self.loader.exec_module(module)
+        finally:
+            _GeventSslFinder.importing = False
+        # patch_ssl finds gevent.ssl as an attribute of gevent, which the
+        # import system sets only after this returns
+        sys.modules["gevent"].ssl = module  # type: ignore[attr-defined]
+        from gevent import monkey
+        monkey.patch_ssl()
 
 
 def lazy_ssl() -> None:
@@ -54,8 +104,14 @@ def lazy_ssl() -> None:
     context``, ``from ssl import SSLContext``: paho-mqtt's, requests',
     ldap3's first TLS connection) runs the real module and then gevent's
     ``patch_ssl``, before the name is returned, so every TLS socket is
-    gevent's cooperative one.  No-op when ``ssl`` is already imported."""
+    gevent's cooperative one (an ``import gevent.ssl`` first does the same).
+    No-op when ``ssl`` is already imported."""
+    if "ssl" in sys.modules:
+        return
     lazy_module("ssl", after=_patch_ssl)
+    if "ssl" in sys.modules and "gevent.ssl" not in sys.modules:
+        _GeventSslFinder.instance = _GeventSslFinder()
+        sys.meta_path.insert(0, _GeventSslFinder.instance)
 
 
 def lazy_module(name: str, callables: tuple[str, ...] = (),
