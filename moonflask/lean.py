@@ -128,30 +128,50 @@ def lazy_module(name: str, callables: tuple[str, ...] = (),
     names other modules import at their top (``from name import f``): a
     wrapper for each runs the module when called, then calls the real
     function.  No-op when ``name`` is already imported or not installed.
-    Not thread-safe: trigger it from the hub's thread (every caller here
-    does; gevent runs greenlets one at a time)."""
+    The first access from a threadpool thread while the hub's thread uses
+    the module waits for it to have run (a real lock); an access from the
+    module's own code while it runs sees it partial, as in an import cycle."""
     if name in sys.modules:
         return
     spec = _find_spec(name)
     if spec is None or spec.loader is None:
         return
     module = importlib.util.module_from_spec(spec)
+    lock = _real_lock()
+    state: dict[str, Any] = {"loaded": False, "owner": None}
+
+    def run() -> None:
+        if state["loaded"]:
+            return
+        me = _real_thread_id()
+        if state["owner"] == me:
+            return
+        with lock:
+            if state["loaded"]:
+                return
+            state["owner"] = me
+            try:
+                module.__dict__.pop("__getattr__", None)
+                for func in callables:
+                    module.__dict__.pop(func, None)
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+                state["loaded"] = True
+                if after is not None:
+                    after(module)
+            finally:
+                state["loaded"] = True
+                state["owner"] = None
 
     def load(attr: str) -> Any:
         if attr.startswith("__") and attr not in ("__all__", "__version__"):
             raise AttributeError(f"module {name!r} has no attribute {attr!r}")
-        if module.__dict__.pop("__getattr__", None) is not None:
-            for func in callables:
-                module.__dict__.pop(func, None)
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-            if after is not None:
-                after(module)
+        run()
         return getattr(module, attr)
 
     def wrapper(func: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            loaded = "__getattr__" not in module.__dict__
-            return (getattr(module, func) if loaded else load(func))(*args, **kwargs)
+            run()
+            return getattr(module, func)(*args, **kwargs)
         call.__name__ = func
         call.__doc__ = f"{name}.{func}, run on the first call."
         return call
@@ -163,6 +183,21 @@ def lazy_module(name: str, callables: tuple[str, ...] = (),
     parent, _, child = name.rpartition(".")
     if parent and parent in sys.modules:
         setattr(sys.modules[parent], child, module)
+
+
+def _real_lock() -> Any:
+    """A lock of the OS threads (not gevent's, once patched)."""
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+        return monkey.get_original("_thread", "allocate_lock")()
+    import _thread
+    return _thread.allocate_lock()
+
+
+def _real_thread_id() -> int:
+    """The OS thread's id (gevent's patched get_ident is the greenlet's)."""
+    from gevent import monkey
+    return monkey.get_original("_thread", "get_ident")()
 
 
 def _find_spec(name: str) -> Any:
@@ -187,10 +222,20 @@ def defer_unused_imports() -> None:
       it touches at import): werkzeug's development server, imported by
       ``werkzeug/__init__`` (``run_simple``) and flask
       (``is_running_from_reloader``), used by ``flask run`` only;
-    - ``importlib.metadata`` (zipfile, email...): flask.cli's ``--version``.
+    - ``importlib.metadata`` (zipfile, email...): flask.cli's ``--version``;
+    - ``hashlib``, ``hmac``, ``secrets`` (OpenSSL's libcrypto through
+      ``_hashlib``: 3.4 MiB): imported by werkzeug, flask, itsdangerous,
+      jinja2 and moonflask's authorization at their top, used by a login,
+      a token check, an upload's checksum.  ``from hashlib import sha1``
+      (werkzeug.http's ETags, jinja2's cache keys) binds a wrapper that
+      runs hashlib when called.
 
     Call before importing flask."""
     lazy_module("asyncio")
+    # the names libraries loaded at start import from them at their top
+    lazy_module("hashlib", ("sha1",))      # werkzeug.http, jinja2.loaders/bccache
+    lazy_module("hmac", ("compare_digest",))  # secrets
+    lazy_module("secrets")
     lazy_module("importlib.metadata")
     lazy_module("werkzeug.serving", ("run_simple", "is_running_from_reloader"))
 
