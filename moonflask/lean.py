@@ -251,6 +251,12 @@ def settle(freeze: bool = False) -> None:
     malloc_trim()
 
 
+def settle_later(delay: float = 2.0) -> None:
+    """``settle`` (with ``freeze``) ``delay`` seconds from now, in a greenlet."""
+    import gevent
+    gevent.spawn_later(delay, settle, True)
+
+
 def settle_after_start(events: Any, delay: float = 2.0) -> None:
     """``settle`` ``delay`` seconds after start-up (with ``freeze``), and
     again each time Klippy becomes ready (its first status, the start-up
@@ -260,7 +266,7 @@ def settle_after_start(events: Any, delay: float = 2.0) -> None:
         events: the server's event bus (``moonflask.notify``), for
             ``klippy:ready``."""
     import gevent
-    gevent.spawn_later(delay, settle, True)
+    settle_later(delay)
     events.on("klippy:ready", lambda *_: gevent.spawn_later(delay, settle))
 
 
