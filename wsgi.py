@@ -8,7 +8,7 @@ gevent's own patch_all: ``moonflask.lean.patch_gevent``'s savings are for
 """
 from moonflask import lean
 
-lean.defer_unused_imports()  # noqa: E402  before flask (moonflask.lean)
+lean.defer_unused_imports()  # before flask is imported (moonflask.lean)
 
 from moonflask.app import create_app  # noqa: E402
 from moonflask.http_limits import RequestHeadLimit  # noqa: E402
