@@ -1,9 +1,11 @@
 """``python -m moonflask -d DATA_PATH [-c CONFIG] [-l LOGFILE]``: Moonraker's
 command line.  gevent patches the standard library before anything else is
-imported; the app is served by gevent's WSGI server in this one process."""
-from gevent import monkey
+imported (``lean.patch_gevent``: patch_all, ssl patched on its first use);
+the app is served by gevent's WSGI server in this one process."""
+from moonflask import lean
 
-monkey.patch_all()
+lean.patch_gevent()
+lean.defer_unused_imports()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()          # closes websockets first, so the HTTP stop has nothing to wait for
         http.stop(timeout=1)
 
+    lean.settle_after_start(server.events)
     gevent.signal_handler(signal.SIGTERM, shutdown)
     gevent.signal_handler(signal.SIGINT, shutdown)
     http.serve_forever()

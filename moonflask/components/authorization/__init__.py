@@ -62,7 +62,10 @@ from typing import Any, Iterable
 import gevent
 import gevent.event
 import gevent.lock
-import jwt
+
+from ... import lean
+lean.lazy_module("jwt")  # PyJWT runs on the first login or token check (0.7 MiB, ssl)
+import jwt  # noqa: E402
 
 from ...api import ApiError, UNIX, INTERNAL
 from .ed25519 import decode_moonraker_jwt

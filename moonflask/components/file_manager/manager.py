@@ -25,7 +25,6 @@ import os
 import shutil
 import stat
 import time
-import zipfile
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -702,6 +701,7 @@ class FileManager(UploadMixin):
                             members.append((e.path, os.path.join(root.name, rel, e.name)))
             else:
                 members.append((full, os.path.join(root.name, rel)))
+        import zipfile  # loaded on first use (1.7 MiB with bz2, lzma)
         method = zipfile.ZIP_STORED if store_only else zipfile.ZIP_DEFLATED
         tmp = os.path.join(os.path.dirname(dst_full), f".{os.path.basename(dst_full)}.part")
 

@@ -271,6 +271,21 @@ class SupervisordCliProvider(_CliMixin, BaseProvider):
             raise ApiError(f"Failed to run {' '.join(cmd)}: {err.strip()}", 500)
 
 
+def missing_system_bus() -> str | None:
+    """Why the system D-Bus cannot be reached without trying it: its
+    address (``DBUS_SYSTEM_BUS_ADDRESS``, default
+    ``unix:path=/var/run/dbus/system_bus_socket``) names only unix socket
+    paths and none exists.  None when it may be reachable."""
+    address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS",
+                             "unix:path=/var/run/dbus/system_bus_socket")
+    for transport in address.split(";"):
+        if not transport.startswith("unix:path="):
+            return None
+        if os.path.exists(transport[len("unix:path="):].split(",")[0]):
+            return None
+    return f"no system bus socket at {address}"
+
+
 class SystemdDbusProvider(BaseProvider):
     """systemd's Manager interface over the system D-Bus (jeepney).
 
@@ -291,8 +306,11 @@ class SystemdDbusProvider(BaseProvider):
         self._reader: Any = None
 
     def initialize(self) -> None:
-        from jeepney.io.threading import DBusRouter, open_dbus_connection
         try:
+            missing = missing_system_bus()
+            if missing:
+                raise OSError(missing)  # jeepney (0.4 MiB) is not even loaded
+            from jeepney.io.threading import DBusRouter, open_dbus_connection
             self.router = DBusRouter(open_dbus_connection(bus="SYSTEM"))
         except Exception as err:
             log.info("D-Bus not available: %s", err)
