@@ -283,6 +283,38 @@ def test_import_moonraker_sqlite(data_path):
         assert db.list_namespaces() == []
 
 
+def test_import_moonraker_auxiliary_totals(data_path, tmp_path):
+    """Sensor history fields' totals (rows of other providers in Moonraker's
+    job_totals table, as the reference wrote them:
+    tests/reference/sensor_totals_db_job_totals.json) become the history's
+    auxiliary_totals, shown as the reference shows them, and go back to the
+    same rows in a backup."""
+    ref_dir = os.path.join(ROOT, "tests", "reference")
+    with open(os.path.join(ref_dir, "sensor_totals_db_job_totals.json")) as f:
+        rows = [r for r in json.load(f)["body"] if r["provider"] != "history"]
+    with open(os.path.join(ref_dir, "sensor_totals_totals_restart.json")) as f:
+        shown = json.load(f)["body"]["result"]["auxiliary_totals"]
+    target = os.path.join(data_path, "database", "moonraker-sql.db")
+    shutil.copy(FIXTURE, target)
+    conn = sqlite3.connect(target)
+    conn.executemany("INSERT INTO job_totals (provider, field, maximum, total, instance_id) "
+                     "VALUES (:provider, :field, :maximum, :total, :instance_id)", rows)
+    conn.commit()
+    conn.close()
+    with Database(os.path.join(data_path, "database")) as db:
+        aux = db.get_item("moonraker", "history.auxiliary_totals")
+        assert aux == shown
+        assert db.get_item("moonraker", "history.job_totals")["total_jobs"] == 2
+        out = str(tmp_path / "backup.db")
+        db.backup(out)
+    conn = sqlite3.connect(out)
+    back = conn.execute("SELECT provider, field, maximum, total, instance_id FROM job_totals "
+                        "WHERE provider != 'history' ORDER BY rowid").fetchall()
+    conn.close()
+    assert back == [tuple(r[k] for k in ("provider", "field", "maximum", "total",
+                                         "instance_id")) for r in rows]
+
+
 # -- backup / restore -------------------------------------------------------------
 def _populate(db: Database) -> None:
     shutil.copy(FIXTURE, os.path.join(db.path, "import.db"))

@@ -158,3 +158,6 @@ def test_history_fields_in_a_real_print(srv, client):
     assert job["auxiliary_data"] == want["auxiliary_data"]
     listed = srv.result("GET", "/server/history/list")["jobs"][0]
     assert listed["auxiliary_data"] == want["auxiliary_data"]
+    totals = srv.result("GET", "/server/history/totals")
+    assert totals["auxiliary_totals"] == ref("http_history.totals")["body"]["result"][
+        "auxiliary_totals"]

@@ -38,13 +38,15 @@ def history_list(req: ApiRequest) -> dict[str, Any]:
 @blueprint.endpoint("/server/history/totals", ["GET"])
 def history_totals(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Get job totals"."""
-    return {"job_totals": dict(_history(req).totals), "auxiliary_totals": []}
+    hist = _history(req)
+    return {"job_totals": dict(hist.totals), "auxiliary_totals": hist.auxiliary_totals()}
 
 
 @blueprint.endpoint("/server/history/reset_totals", ["POST"])
 def history_reset_totals(req: ApiRequest) -> dict[str, Any]:
     """web_api.md "Reset totals"."""
-    return {"last_totals": _history(req).reset_totals(), "last_auxiliary_totals": []}
+    last, last_aux = _history(req).reset_totals()
+    return {"last_totals": last, "last_auxiliary_totals": last_aux}
 
 
 @blueprint.endpoint("/server/history/job", ["GET", "DELETE"])

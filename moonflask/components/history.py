@@ -11,7 +11,18 @@ Every print Klippy starts becomes a job record in the database namespace
 ``status`` is ``in_progress`` while printing, then ``completed``,
 ``cancelled``, ``error``, ``klippy_shutdown``, ``klippy_disconnected`` or
 ``interrupted`` (found unfinished and not resumable at start-up).
-Totals live in namespace ``moonraker`` key ``history.job_totals``.
+Totals live in namespace ``moonraker`` key ``history.job_totals``; the
+auxiliary totals (web_api.md "Get job totals": ``auxiliary_totals``) in
+``history.auxiliary_totals``, a list of ``{"provider", "field", "maximum",
+"total"}`` (the shape :mod:`moonflask.components.database.migration` reads
+from and writes to Moonraker's ``job_totals`` table).  When a job ends, every
+provider of ``history:auxiliary_reports`` (sensor ``history_field_*`` with
+``report_maximum``/``report_total``) names its fields: the job's value of the
+field raises ``maximum`` / is added to ``total``; a report flag that is off
+leaves its column ``null``.  Entries appear at the first job that ends with the
+field configured, stay when the field is removed from the config, and
+``reset_totals`` zeroes the non-null columns (as the reference 0.11.0,
+tests/reference/sensor_totals_*.json).
 
 Restarts: the job in progress is saved every few seconds and when
 moonflask stops; after a restart it is resumed (same job id, no second
@@ -36,6 +47,7 @@ log = logging.getLogger(__name__)
 JOBS_NS = "history"
 META_NS = "moonraker"
 TOTALS_KEY = "history.job_totals"
+AUX_TOTALS_KEY = "history.auxiliary_totals"
 CURRENT_KEY = "history.current_job"
 SAVE_INTERVAL = 5.0     # seconds between saves of the job in progress
 METADATA_WAIT = 5.0     # seconds a new job waits for the file's metadata
@@ -76,6 +88,10 @@ class History:
         self.meta = self.db.namespace(META_NS)
         self.totals: dict[str, Any] = dict(empty_totals())
         self.totals.update(self.meta.get(TOTALS_KEY, None) or {})
+        aux = self.meta.get(AUX_TOTALS_KEY, None)
+        self.aux_totals: list[dict[str, Any]] = [
+            dict(a) for a in (aux if isinstance(aux, list) else [])
+            if isinstance(a, dict) and a.get("provider") and a.get("field")]
         keys = [k for k in self.jobs.keys() if _is_job_id(k)]
         self.next_id = max((int(k, 16) for k in keys), default=0) + 1
         # jobs imported from a Moonraker database carry no "exists" (Moonraker
@@ -124,6 +140,8 @@ class History:
             job = self.jobs.get(cur_id, None)
             if job is not None and job.get("status") == "in_progress":
                 self.current = job
+                # providers (sensor history fields) take their tracked state back
+                self.server.events.emit("history:job_restored", dict(job))
         job = self.current
         if job is None:
             if cur_id:
@@ -237,6 +255,7 @@ class History:
         t["longest_job"] = max(t["longest_job"], job["total_duration"])
         t["longest_print"] = max(t["longest_print"], job["print_duration"])
         self._refresh_auxiliary(job)
+        self._add_auxiliary_totals(job)
         self._store(job)
         self.meta.insert(TOTALS_KEY, dict(t))
         self.meta.pop(CURRENT_KEY, None)
@@ -256,6 +275,7 @@ class History:
             except Exception:
                 log.exception("history: %s failed at shutdown", getattr(fn, "__name__", fn))
         if self.current is not None:
+            self._refresh_auxiliary(self.current)
             self._store(self.current)
 
     def _refresh_auxiliary(self, job: dict[str, Any]) -> None:
@@ -269,6 +289,39 @@ class History:
         for entry in job["auxiliary_data"]:
             out.append(by_key.pop((entry.get("provider"), entry.get("name")), entry))
         job["auxiliary_data"] = out + list(by_key.values())
+
+    def _add_auxiliary_totals(self, job: dict[str, Any]) -> None:
+        """At a job's end: fold the job's values of the reported fields
+        (``history:auxiliary_reports``) into :attr:`aux_totals` and save them."""
+        reports: list[dict[str, Any]] = []
+        self.server.events.emit("history:auxiliary_reports", reports)
+        if not reports:
+            return
+        values = {(f.get("provider"), f.get("name")): f.get("value")
+                  for f in job["auxiliary_data"]}
+        index = {(a["provider"], a["field"]): a for a in self.aux_totals}
+        for rep in reports:
+            key = (rep["provider"], rep["field"])
+            value = values.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            entry = index.get(key)
+            if entry is None:
+                entry = index[key] = {"provider": key[0], "field": key[1],
+                                      "maximum": None, "total": None}
+                self.aux_totals.append(entry)
+            if rep.get("maximum"):
+                prev = entry.get("maximum")
+                entry["maximum"] = value if prev is None else max(prev, value)
+            if rep.get("total"):
+                prev = entry.get("total")
+                entry["total"] = value if prev is None else prev + value
+        self.meta.insert(AUX_TOTALS_KEY, [dict(a) for a in self.aux_totals])
+
+    def auxiliary_totals(self) -> list[dict[str, Any]]:
+        """web_api.md "Get job totals" ``auxiliary_totals``: a copy of
+        ``[{"provider", "field", "maximum", "total"}]`` (``null``: not reported)."""
+        return [dict(a) for a in self.aux_totals]
 
     def set_auxiliary_field(self, field: dict[str, Any]) -> None:
         """Set one entry of the current job's ``auxiliary_data`` (replacing the
@@ -424,12 +477,21 @@ class History:
         self.jobs.pop(uid, None)
         return [uid]
 
-    def reset_totals(self) -> dict[str, Any]:
-        """Zero the totals; returns the previous ones."""
+    def reset_totals(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Zero the totals (auxiliary totals: every non-null ``maximum`` /
+        ``total`` becomes 0, the entries stay); returns the previous
+        ``(job_totals, auxiliary_totals)``."""
         last = dict(self.totals)
+        last_aux = self.auxiliary_totals()
         self.totals = dict(empty_totals())
         self.meta.insert(TOTALS_KEY, dict(self.totals))
-        return last
+        if self.aux_totals:
+            for entry in self.aux_totals:
+                for col in ("maximum", "total"):
+                    if entry.get(col) is not None:
+                        entry[col] = 0
+            self.meta.insert(AUX_TOTALS_KEY, [dict(a) for a in self.aux_totals])
+        return last, last_aux
 
 
 def _is_job_id(key: Any) -> bool:

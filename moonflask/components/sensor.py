@@ -17,7 +17,16 @@ reference's option; default: ``[data_store] temperature_store_size``), served by
 ``history_field_*`` options track a parameter during print jobs with the
 strategies of configuration.md (basic, accumulate, delta, average, maximum,
 minimum, collect); the history component asks for the values through the
-``history:auxiliary_data`` event (see :meth:`Sensors.add_auxiliary_data`).
+``history:auxiliary_data`` event (see :meth:`Sensors.add_auxiliary_data`),
+and for the fields with ``report_total``/``report_maximum`` through
+``history:auxiliary_reports`` (the job totals' ``auxiliary_totals``).
+
+A job survives a restart of moonflask: while a job runs, the trackers' state
+is saved (namespace ``moonraker`` key ``sensor_trackers``, at most once a
+second by the sampler, and at shutdown); when the history component picks the
+job up again (``history:job_restored``) the trackers continue from it.  A job
+the history starts for a print found running (``history:job_added`` with no
+``job_state:started`` seen) is tracked from then on.
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ log = logging.getLogger(__name__)
 SENSOR_TYPES = ("mqtt",)
 STRATEGIES = ("basic", "accumulate", "delta", "average", "maximum", "minimum", "collect")
 COLLECT_MAX = 100
+TRACKERS_KEY = "sensor_trackers"   # namespace "moonraker": the running job's trackers
 
 
 def template_env() -> SandboxedEnvironment:
@@ -140,6 +150,23 @@ class HistoryField:
             self.tracking = not paused
             if paused:
                 self.last = None
+
+    def state(self) -> dict[str, Any]:
+        """The tracker's state, JSON-able (saved while a job runs)."""
+        return {"value": self.value, "count": self.count, "last": self.last,
+                "tracking": self.tracking}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state` saved earlier."""
+        value = state.get("value")
+        if self.strategy == "collect":
+            self.value = list(value) if isinstance(value, list) else []
+        elif isinstance(value, (int, float, str)) or value is None:
+            self.value = 0 if value is None else value
+        self.count = int(state.get("count") or 0)
+        last = state.get("last")
+        self.last = last if isinstance(last, (int, float)) else None
+        self.tracking = bool(state.get("tracking", True))
 
     def result(self) -> Any:
         """The tracked value, rounded to ``precision``."""
@@ -264,13 +291,24 @@ class Sensors:
             sensor = Sensor(self, server.config.section(section), size)
             self.sensors[sensor.id] = sensor
         self._job_active = False
+        self._job_id: str | None = None
+        self._dirty = False
+        self._meta = server.database.namespace("moonraker")
+        saved = self._meta.get(TRACKERS_KEY, None) if self._fields() else None
+        self._saved: dict[str, Any] | None = saved if isinstance(saved, dict) else None
         ev = server.events
         ev.on("job_state:started", lambda prev, new: self._job_started())
+        ev.on("job_state:init", self._on_job_state_init)
         ev.on("job_state:paused", lambda prev, new: self._job_paused(True))
         ev.on("job_state:resumed", lambda prev, new: self._job_paused(False))
         for name in ("complete", "cancelled", "error", "standby"):
             ev.on(f"job_state:{name}", lambda prev, new: self._job_ended())
         ev.on("history:auxiliary_data", self.add_auxiliary_data)
+        ev.on("history:auxiliary_reports", self.add_auxiliary_reports)
+        ev.on("history:job_added", self._on_job_added)
+        ev.on("history:job_restored", self._on_job_restored)
+        ev.on("history:job_finished", self._on_job_finished)
+        ev.on("server:shutdown", self.save_trackers)
         from ..workers.sensor import run
         self.worker = server.workers.start("sensor", run, self)
 
@@ -285,6 +323,7 @@ class Sensors:
         """Store one measurement of every sensor (the sampler, once a second)."""
         for sensor in self.sensors.values():
             sensor.sample()
+        self.save_trackers()
 
     # -- history fields ---------------------------------------------------
     def on_measurement(self, sensor: Sensor, results: dict[str, Any]) -> None:
@@ -294,27 +333,101 @@ class Sensors:
         for field in sensor.history_fields:
             if field.parameter in results:
                 field.update(results[field.parameter])
+                self._dirty = True
 
     def _fields(self) -> list[HistoryField]:
         return [f for s in self.sensors.values() for f in s.history_fields]
 
     def _job_started(self) -> None:
         self._job_active = True
+        self._job_id = None
         for field in self._fields():
             field.reset()
+        self._dirty = True
 
     def _job_paused(self, paused: bool) -> None:
         for field in self._fields():
             field.pause(paused)
+        self._dirty = True
 
     def _job_ended(self) -> None:
         self._job_active = False
+
+    def _klippy_paused(self) -> bool:
+        js = self.server.components.get("job_state")
+        return js is not None and js.stats.get("state") == "paused"
+
+    def _on_job_state_init(self, stats: dict[str, Any]) -> None:
+        """Klippy (re)identified while printing and no job tracked (moonflask
+        started mid-print): track from now on; a job the history resumes
+        takes its saved trackers back in :meth:`_on_job_restored`."""
+        if not self._job_active and stats.get("state") in ("printing", "paused"):
+            self._job_started()
+            self._job_paused(stats.get("state") == "paused")
+
+    def _on_job_added(self, job: dict[str, Any]) -> None:
+        if not self._job_active:
+            # a print found running (moonflask started mid-print): no
+            # job_state:started was seen, track from now on
+            self._job_started()
+            self._job_paused(self._klippy_paused())
+        self._job_id = job.get("job_id")
+        self._dirty = True
+
+    def _on_job_restored(self, job: dict[str, Any]) -> None:
+        """The history resumed a job saved before a restart: continue the
+        trackers saved for it (none saved: from zero)."""
+        saved = self._saved or {}
+        states = saved.get("fields") if saved.get("job_id") == job.get("job_id") else None
+        for field in self._fields():
+            field.reset()
+            state = (states or {}).get(_field_key(field))
+            if isinstance(state, dict):
+                field.restore(state)
+        self._job_active = True
+        self._job_id = job.get("job_id")
+        if self._klippy_paused():
+            self._job_paused(True)
+        self._dirty = True
+
+    def _on_job_finished(self, _job: dict[str, Any]) -> None:
+        self._job_active = False
+        self._job_id = None
+        self._dirty = True
+
+    def save_trackers(self) -> None:
+        """Save the trackers of the running job when they changed (the
+        sampler calls it once a second; also at shutdown)."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        if self._job_active and self._job_id is not None:
+            state = {"job_id": self._job_id,
+                     "fields": {_field_key(f): f.state() for f in self._fields()}}
+            self._saved = state
+            self._meta.insert(TRACKERS_KEY, state)
+        elif self._saved is not None and not self._job_active:
+            self._saved = None
+            self._meta.pop(TRACKERS_KEY, None)
 
     def add_auxiliary_data(self, aux: list[dict[str, Any]]) -> None:
         """``history:auxiliary_data`` listener: append each history field's
         entry ``{"provider", "name", "value", "description", "units"}`` to a
         job's ``auxiliary_data`` list (at its start and its end)."""
         aux.extend(f.auxiliary() for f in self._fields())
+
+    def add_auxiliary_reports(self, reports: list[dict[str, Any]]) -> None:
+        """``history:auxiliary_reports`` listener: append ``{"provider",
+        "field", "maximum": bool, "total": bool}`` for each history field
+        with ``report_maximum`` or ``report_total`` (the job totals'
+        ``auxiliary_totals``)."""
+        reports.extend({"provider": f.sensor.section, "field": f.field,
+                        "maximum": f.report_maximum, "total": f.report_total}
+                       for f in self._fields() if f.report_maximum or f.report_total)
+
+
+def _field_key(field: HistoryField) -> str:
+    return f"{field.sensor.section}/{field.field}"
 
 
 def load_component(server: Any, _config: Any) -> Sensors:

@@ -5,7 +5,9 @@
 CONNACK), and while connected waits with ``select`` on the client's socket and
 the component's wake-up socket, calling paho's ``loop_read``,
 ``loop_write`` and ``loop_misc`` (keepalive) and handing paho what other
-greenlets queued (:meth:`MQTTClient.flush`).  paho's sockets are
+greenlets queued (:meth:`MQTTClient.flush`; a publish made while connected
+is usually written by its own greenlet already, the worker writes what the
+socket did not take).  paho's sockets are
 non-blocking, so every paho call returns at once; only ``select`` and the
 TCP/TLS connect yield to other greenlets.  Each connection gets a fresh
 paho client, so messages are (re)sent only from the component's own queue.
