@@ -69,7 +69,7 @@ def start_moonraker(python: str, data: str, conf: str, tmp: str,
     folder ``data`` with config ``conf`` and the options ``extra`` (``-g``),
     its output in ``TMP/moonraker.out``, in a session of its own.  Returns
     the process (stop it with :func:`stop_process`)."""
-    with open(os.path.join(tmp, "moonraker.out"), "wb") as out:
+    with open(os.path.join(tmp, "moonraker.out"), "ab") as out:   # a restart appends
         return subprocess.Popen(
             [python, "-m", "moonraker", "-d", data, "-c", conf,
              "-l", os.path.join(data, "logs", "moonraker.log"), *extra],

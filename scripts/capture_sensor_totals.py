@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +30,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+METER = os.path.join(REPO, "tests", "data", "sensor_meter.conf")
 import capture_reference as cr  # noqa: E402
 from long_gcode import write_long_gcode  # noqa: E402
 import mqtt_broker  # noqa: E402
@@ -61,44 +59,6 @@ username: {user}
 password: {password}
 instance_name: ref
 
-[sensor meter]
-type: mqtt
-name: Meter
-state_topic: test/sensor/state
-state_response_template:
-  {{% set data = payload|fromjson %}}
-  {{set_result("temperature", data["temperature"]|float)}}
-  {{set_result("energy", data["energy"]|float)}}
-  {{set_result("count", data["count"]|int)}}
-parameter_temperature:
-  units=C
-parameter_energy:
-  units=kWh
-history_field_max_temp:
-  parameter=temperature
-  desc=Maximum temperature
-  strategy=maximum
-  units=C
-  report_total=false
-  report_maximum=true
-history_field_energy:
-  parameter=energy
-  desc=Energy used
-  strategy=delta
-  units=kWh
-  report_total=true
-  report_maximum=true
-  precision=3
-history_field_avg_temp:
-  parameter=temperature
-  desc=Average temperature
-  strategy=average
-  units=C
-history_field_pulses:
-  parameter=count
-  desc=Pulses
-  strategy=accumulate
-  report_total=true
 """
 
 
@@ -138,26 +98,6 @@ def wait_print_end(cap, timeout=120):
     raise TimeoutError("print did not end")
 
 
-def start_reference(args, data, conf, tmp):
-    out = open(os.path.join(tmp, "moonraker.out"), "ab")
-    mr = subprocess.Popen([args.reference_python, "-m", "moonraker", "-d", data, "-c", conf,
-                           "-l", os.path.join(data, "logs", "moonraker.log")],
-                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                          start_new_session=True)
-    out.close()
-    return mr
-
-
-def stop_reference(mr):
-    if mr is not None and mr.poll() is None:
-        mr.send_signal(signal.SIGTERM)
-        try:
-            mr.wait(15)
-        except subprocess.TimeoutExpired:
-            mr.kill()
-            mr.wait()
-
-
 def run(args):
     tmp = tempfile.mkdtemp(prefix="mfstot-", dir="/tmp")
     data = os.path.join(tmp, "data")
@@ -175,6 +115,8 @@ def run(args):
         f.write(CONF.format(port=port, sock=os.path.join(tmp, "klippy", "klippy.sock"),
                             mport=broker.port, user=mqtt_broker.USERNAME,
                             password=mqtt_broker.PASSWORD))
+        with open(METER) as meter:
+            f.write(meter.read())
     sim = sim_printer.start(os.path.join(tmp, "klippy"), gcodes)
     mr = None
     ws = None
@@ -182,7 +124,7 @@ def run(args):
     try:
         sim_printer.wait_ready(sim.socket_path, 60, sim)
         sim_printer.request(sim.socket_path, "gcode/script", {"script": "G28"}, timeout=60)
-        mr = start_reference(args, data, conf, tmp)
+        mr = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cap = cr.Capture(args.out, port, sim)
         cap.client = client
         cr.wait_moonraker(cap)
@@ -212,8 +154,8 @@ def run(args):
         feed(client, [(50.0, 110.0, 7)])
         ws.close()
         ws = None
-        stop_reference(mr)
-        mr = start_reference(args, data, conf, tmp)
+        cr.stop_process(mr, 15)
+        mr = cr.start_moonraker(args.reference_python, data, conf, tmp)
         cr.wait_moonraker(cap)
         ws = cr.WS(url)
         H = lambda n, m, p, **kw: cap.http(PREFIX + n, m, p, ws=ws, **kw)  # noqa
@@ -229,7 +171,7 @@ def run(args):
         H("totals_restart", "GET", "/server/history/totals")
         ws.close()
         ws = None
-        stop_reference(mr)
+        cr.stop_process(mr, 15)
         mr = None
         db = os.path.join(data, "database", "moonraker-sql.db")
         conn = sqlite3.connect(db)
@@ -240,21 +182,16 @@ def run(args):
     finally:
         if ws is not None:
             ws.close()
-        stop_reference(mr)
+        cr.stop_process(mr, 15)
         client.close()
         broker.stop()
         sim_printer.stop(sim)
-        if args.keep:
-            print("kept", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cr.finish_tmp(tmp, args.keep)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference-python", default=".reference-venv/bin/python")
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "reference"))
-    ap.add_argument("--keep", action="store_true")
+    cr.reference_arguments(ap, klippy=False)
     run(ap.parse_args())
 
 

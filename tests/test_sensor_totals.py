@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(not mqtt_broker.available(),
                                 reason="mosquitto (Debian package mosquitto) is not installed")
 
 TOPIC = "test/sensor/state"
-# the [sensor meter] section of scripts/capture_sensor_totals.py
+# [history] and [mqtt]; the [sensor meter] is tests/data/sensor_meter.conf, the one the
+# reference was recorded with (scripts/capture_sensor_totals.py)
 CONF = """
 [history]
 
@@ -38,46 +39,8 @@ port: {port}
 username: {user}
 password: {password}
 instance_name: totals
-
-[sensor meter]
-type: mqtt
-name: Meter
-state_topic: test/sensor/state
-state_response_template:
-  {{% set data = payload|fromjson %}}
-  {{set_result("temperature", data["temperature"]|float)}}
-  {{set_result("energy", data["energy"]|float)}}
-  {{set_result("count", data["count"]|int)}}
-parameter_temperature:
-  units=C
-parameter_energy:
-  units=kWh
-history_field_max_temp:
-  parameter=temperature
-  desc=Maximum temperature
-  strategy=maximum
-  units=C
-  report_total=false
-  report_maximum=true
-history_field_energy:
-  parameter=energy
-  desc=Energy used
-  strategy=delta
-  units=kWh
-  report_total=true
-  report_maximum=true
-  precision=3
-history_field_avg_temp:
-  parameter=temperature
-  desc=Average temperature
-  strategy=average
-  units=C
-history_field_pulses:
-  parameter=count
-  desc=Pulses
-  strategy=accumulate
-  report_total=true
 """
+METER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sensor_meter.conf")
 
 
 def ref(name):
@@ -95,8 +58,10 @@ def broker(tmp_root):
 @pytest.fixture(scope="module")
 def conf(broker, printer_data):
     write_long_gcode(os.path.join(printer_data, "gcodes", "long.gcode"), 10)
+    with open(METER) as fh:
+        meter = fh.read()
     return CONF.format(port=broker.port, user=mqtt_broker.USERNAME,
-                       password=mqtt_broker.PASSWORD)
+                       password=mqtt_broker.PASSWORD) + "\n" + meter
 
 
 @pytest.fixture(scope="module")
