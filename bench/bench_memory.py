@@ -9,7 +9,6 @@ Moonraker's.  Run: ``python bench/bench_memory.py [--upload 256]``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import re
 import shutil
@@ -19,9 +18,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REFERENCE_PYTHON, REPO, ServerProc, sim_printer  # noqa: E402
+from helpers import stream_upload  # noqa: E402
 
 TARGET = 0.8
-CHUNK = (b"G1 X10.000 Y10.000 E0.12345\n" * 40000)[:1024 * 1024]
 
 
 def default_config(srv: ServerProc, klippy_socket: str) -> None:
@@ -50,25 +49,9 @@ def settled_rss(srv: ServerProc, seconds: float = 20.0) -> float:
 
 def upload(srv: ServerProc, mib: int) -> None:
     """One multipart upload of ``mib`` MiB to /server/files/upload."""
-    boundary = "benchmemoryboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"bench_mem.gcode\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=600)
-    conn.putrequest("POST", "/server/files/upload")
-    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
-    conn.putheader("Content-Length", str(len(head) + mib * len(CHUNK) + len(tail)))
-    conn.endheaders()
-    conn.send(head)
-    for _ in range(mib):
-        conn.send(CHUNK)
-    conn.send(tail)
-    resp = conn.getresponse()
-    resp.read()
-    conn.close()
-    if resp.status != 201:
-        raise RuntimeError(f"{srv.kind}: upload answered {resp.status}")
+    status = stream_upload(srv.port, "bench_mem.gcode", mib, timeout=600)
+    if status != 201:
+        raise RuntimeError(f"{srv.kind}: upload answered {status}")
 
 
 def main() -> None:

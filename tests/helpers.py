@@ -6,6 +6,7 @@ Klippy), the websocket and the unix socket.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -30,6 +31,32 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+GCODE_MIB = (b"G1 X10.000 Y10.000 E0.12345\n" * 40000)[:1024 * 1024]   # 1 MiB of G-code
+
+
+def stream_upload(port: int, name: str, mib: int, timeout: float = 300) -> int:
+    """Stream a multipart ``POST /server/files/upload`` of ``mib`` MiB of
+    G-code as file ``name`` to the server on 127.0.0.1:``port``, one MiB at
+    a time (the client holds one MiB); returns the HTTP status."""
+    boundary = "moonflaskuploadboundary42"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.putrequest("POST", "/server/files/upload")
+    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    conn.putheader("Content-Length", str(len(head) + mib * len(GCODE_MIB) + len(tail)))
+    conn.endheaders()
+    conn.send(head)
+    for _ in range(mib):
+        conn.send(GCODE_MIB)
+    conn.send(tail)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status
 
 
 class RpcError(Exception):

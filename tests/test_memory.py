@@ -6,7 +6,6 @@ ssl and the other modules ``moonflask.lean`` defers, and ssl's first use
 is gevent's."""
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import sys
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-CHUNK = (b"G1 X10.000 Y10.000 E0.12345\n" * 40000)[:1024 * 1024]
+from helpers import GCODE_MIB, stream_upload as upload  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -24,27 +23,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def upload(port: int, name: str, mib: int) -> int:
-    """Stream a multipart upload of ``mib`` MiB; returns the HTTP status."""
-    boundary = "memtestboundary42"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    conn.putrequest("POST", "/server/files/upload")
-    conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
-    conn.putheader("Content-Length", str(len(head) + mib * len(CHUNK) + len(tail)))
-    conn.endheaders()
-    conn.send(head)
-    for _ in range(mib):
-        conn.send(CHUNK)
-    conn.send(tail)
-    resp = conn.getresponse()
-    resp.read()
-    conn.close()
-    return resp.status
 
 
 def settled_rss(pid: int, seconds: float = 20.0) -> float:
@@ -79,7 +57,7 @@ def test_rss_after_uploads_returns_near_idle(srv, printer_data):
     assert warm - idle < 6.0, (idle, warm)
     assert upload(srv.port, "mem_big.gcode", 64) == 201
     path = os.path.join(printer_data, "gcodes", "mem_big.gcode")
-    assert os.path.getsize(path) == 64 * len(CHUNK)
+    assert os.path.getsize(path) == 64 * len(GCODE_MIB)
     after = settled_rss(srv.proc.pid)
     assert after - warm < 3.0, (idle, warm, after)
     os.unlink(path)
