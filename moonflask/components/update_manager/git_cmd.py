@@ -174,6 +174,8 @@ def _read_only(args: list[str]) -> bool:
     """True when ``git ARGS`` (after ``-C PATH``) only reads."""
     if args[:1] == ["-C"]:
         args = args[2:]
+    while args[:1] == ["-c"]:  # configuration of this command only
+        args = args[2:]
     if not args:
         return False
     cmd, rest = args[0], args[1:]
