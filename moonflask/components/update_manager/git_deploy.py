@@ -28,7 +28,9 @@ import gevent
 from . import journal as jn
 from .base import BaseUpdater, Reporter, UpdateError
 from .git_cmd import GitError, run_git
-from .git_fsck import Fingerprint, FsckGate, fingerprint, run_fsck
+from .git_files import (Fingerprint, FsckGate, config_stamp, fingerprint, includes_others,
+                        read_ref, run_fsck)
+from .git_read import commits_behind, compare, read_status
 from .git_recover import clear_stale_locks, hard_recover, resume_hard_recover
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class GitRepo(BaseUpdater):
                                                else []))
         self.not_git_reason: str | None = d.get("not_git_reason")
         self._fsck_gate = FsckGate()
+        self._remotes_cache: tuple[tuple, str] | None = None  # (config stamp, remote -v)
         self._reset_status()
 
     # -- status -------------------------------------------------------------
@@ -180,7 +183,7 @@ class GitRepo(BaseUpdater):
         self.repo_detected = True
         # git fsck reads every object (the longest command of a refresh) and
         # changes nothing: it runs alongside the other reads, and only when
-        # the object store changed since the last clean check (git_fsck.py).
+        # the object store changed since the last clean check (git_files.py).
         before = self._fingerprint()
         fsck = None
         started = None
@@ -210,7 +213,7 @@ class GitRepo(BaseUpdater):
                                  not self.corrupt and (ok or fsck is not None), started)
 
     def _fingerprint(self) -> Fingerprint | None:
-        """The stat fingerprint of the repo (git_fsck.py), taken in the
+        """The stat fingerprint of the repo (git_files.py), taken in the
         threadpool (a repo with thousands of loose objects takes a few ms)."""
         assert self.path is not None
         try:
@@ -229,26 +232,9 @@ class GitRepo(BaseUpdater):
     def _read_local(self) -> None:
         """Branch, HEAD, dirty and untracked files: one ``git status``
         (porcelain v2, whose header names HEAD's commit and the upstream)."""
-        modified: list[str] = []
-        untracked: list[str] = []
-        head = oid = ""
-        self._upstream = ""
-        for ln in self._git("status", "--porcelain=v2", "--branch").splitlines():
-            if ln.startswith("# branch.oid "):
-                oid = ln[13:].strip()
-            elif ln.startswith("# branch.head "):
-                head = ln[14:].strip()
-            elif ln.startswith("# branch.upstream "):
-                self._upstream = ln[18:].strip()
-            elif ln.startswith("? "):
-                untracked.append(ln[2:])
-            elif ln.startswith("1 "):
-                modified.append(ln.split(" ", 8)[-1])
-            elif ln.startswith("2 "):  # renamed/copied: "orig -> new", as porcelain v1
-                new, _, orig = ln.split(" ", 9)[-1].partition("\t")
-                modified.append(f"{orig} -> {new}")
-            elif ln.startswith("u "):
-                modified.append(ln.split(" ", 10)[-1])
+        st = read_status(self._git)
+        head, oid, modified, untracked = st.head, st.oid, st.modified, st.untracked
+        self._upstream = st.upstream
         self.detached = head == "(detached)"
         self.is_dirty = bool(modified)
         self.pristine = not modified and not untracked
@@ -296,7 +282,7 @@ class GitRepo(BaseUpdater):
         (``fp``: the repo's fingerprint, for the fetch's auto-gc)."""
         # names and fetch urls (insteadOf applied, as get-url) in one command
         fetch_urls: dict[str, str] = {}
-        for line in self._git("remote", "-v").splitlines():
+        for line in self._remotes().splitlines():
             parts = line.rsplit(" ", 1)[0].split("\t", 1)
             if len(parts) == 2 and line.endswith(" (fetch)"):
                 fetch_urls.setdefault(parts[0], parts[1])
@@ -324,8 +310,10 @@ class GitRepo(BaseUpdater):
                                   f"{expected}, detected: {detected}")
         self._git("fetch", *self._fetch_opts(fp), self.remote_alias, "--prune", timeout=300)
         track = f"{self.remote_alias}/{self.branch if not self.detached else self.primary_branch}"
-        ok = self._git("rev-parse", "--verify", "--quiet", f"refs/remotes/{track}",
-                       ok_codes=(0, 1)).strip()
+        ok = read_ref(self.path or "", f"refs/remotes/{track}") if fp is not None else None
+        if ok is None:  # not a plain ref file, or not found: git says
+            ok = self._git("rev-parse", "--verify", "--quiet", f"refs/remotes/{track}",
+                           ok_codes=(0, 1)).strip()
         if not ok:
             self.warnings.append(f"Remote branch {track} not found")
             return
@@ -336,18 +324,25 @@ class GitRepo(BaseUpdater):
             self.remote_hash = ok  # the branch's commit, verified above
         else:
             self.remote_hash = self._git("rev-parse", f"{self.target}^{{commit}}").strip()
-        ahead = behind = 0
-        if self.remote_hash != self.current_hash:
-            # one walk for both: commits of HEAD not in the target (local
-            # commits: HEAD is not its ancestor) and of the target not in HEAD
-            counts = self._git("rev-list", "--left-right", "--count",
-                               f"{self.current_hash}...{self.remote_hash}").split()
-            ahead, behind = (int(c) for c in counts) if len(counts) == 2 else (0, 0)
+        ahead, behind, entries = compare(self._git, self.current_hash, self.remote_hash,
+                                         MAX_LOG)
         if self.target != "HEAD" and ahead:
             self.anomalies.append(f"Repo has local commits not on {track}: an update "
                                   "needs a soft recovery first")
         self._remote_ok = True  # (the "No valid tag" check follows the describe)
-        self._read_commits_behind(behind)
+        self._read_commits_behind(behind, entries)
+
+    def _remotes(self) -> str:
+        """``git remote -v``; the last answer again while no configuration
+        file git reads changed (git_files.config_stamp)."""
+        stamp = config_stamp(self.path or "")
+        if stamp is not None and self._remotes_cache is not None \
+                and self._remotes_cache[0] == stamp:
+            return self._remotes_cache[1]
+        out = self._git("remote", "-v")
+        self._remotes_cache = None if stamp is None or includes_others(stamp) else \
+            (stamp, out)
+        return out
 
     def _branch_remote(self, remotes: list[str]) -> str:
         """The remote the branch tracks: the one its upstream (from
@@ -408,32 +403,13 @@ class GitRepo(BaseUpdater):
         except GitError:
             return False
 
-    def _read_commits_behind(self, behind: int) -> None:
-        """The commits of ``HEAD..remote_hash`` (``behind`` of them)."""
+    def _read_commits_behind(self, behind: int, entries: list[list[str]]) -> None:
+        """``commits_behind`` from the log ``entries`` of HEAD..remote_hash
+        (``behind`` commits in all)."""
         if self.remote_hash == self.current_hash or not behind:
             return
         self.commits_behind_count = behind
-        # %D with only the tags decorating: each commit's tag names (annotated
-        # tags peeled), in the same command as the log
-        raw = self._git("log", f"HEAD..{self.remote_hash}", f"--max-count={MAX_LOG}",
-                        "--decorate-refs=refs/tags/",
-                        "--format=%H%x1D%an%x1D%ct%x1D%s%x1D%b%x1D%D%x1E")
-        untagged = 0
-        for entry in raw.split("\x1e"):
-            fields = entry.strip("\n").split("\x1d")
-            if len(fields) != 6:
-                continue
-            sha, author, date, subject, body, decorations = fields
-            names = [d.strip()[5:] for d in decorations.split(",")
-                     if d.strip().startswith("tag: ")]
-            tag = min(names) if names else None  # the first in refname order
-            if tag is None:
-                untagged += 1
-                if untagged > MAX_UNTAGGED:
-                    continue
-            self.commits_behind.append({"sha": sha, "author": author, "date": date,
-                                        "subject": subject, "message": body.strip(),
-                                        "tag": tag})
+        self.commits_behind = commits_behind(entries, MAX_UNTAGGED)
 
     def rollback_info(self) -> tuple[str | None, str]:
         """``(rollback_hash, rollback_version)``; before any update: the current."""

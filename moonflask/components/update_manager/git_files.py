@@ -1,5 +1,9 @@
-"""When a refresh runs ``git fsck``: only when the repository's object
-store changed since the last clean check (or that check is old).
+"""What a refresh learns from a repository's files without running git:
+when ``git fsck`` is needed, the value of a ref (:func:`read_ref`), whether
+the git configuration changed (:func:`config_stamp`).
+
+``git fsck`` runs only when the repository's object store changed since the
+last clean check (or that check is old).
 
 ``git fsck`` reads every object: the longest git command of a refresh (90 ms
 of CPU for moonflask's own small repo, seconds for Klipper's).  Corruption
@@ -32,11 +36,13 @@ Spec: update_manager.md "corrupt"; issue 12 item 4.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
 from .git_cmd import GitError, run_git
 
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 FSCK_MAX_AGE = 3600.0  # seconds: a full fsck at least this often, changes or not
 _Stat = tuple[int, int, int]  # (size, mtime_ns, inode)
 
@@ -183,3 +189,76 @@ def run_fsck(worktree: str, timeout: float = 300.0) -> tuple[bool, str]:
         return True, ""
     except GitError as err:
         return False, err.output.strip()[-2000:]
+
+
+def read_ref(worktree: str, refname: str) -> str | None:
+    """The object id a ref of the files backend names (``refs/...``: its
+    loose file in the common dir, else its line in ``packed-refs``); None
+    when git should be asked instead: a symbolic ref, an unexpected content,
+    a ref not found in either place (gitrepository-layout(5))."""
+    dirs = git_dirs(worktree)
+    if dirs is None or not refname.startswith("refs/"):
+        return None
+    common = dirs[1]
+    try:
+        with open(os.path.join(common, refname), encoding="ascii") as fh:
+            value = fh.read().strip()
+    except FileNotFoundError:
+        value = ""
+    except (OSError, ValueError):
+        return None
+    if not value:
+        try:
+            with open(os.path.join(common, "packed-refs"), encoding="utf-8") as fh:
+                for line in fh:
+                    oid, _, name = line.rstrip("\n").partition(" ")
+                    if name == refname and not line.startswith(("#", "^")):
+                        value = oid
+                        break
+        except (OSError, ValueError):
+            return None
+    return value if _OID.fullmatch(value) else None
+
+
+def config_stamp(worktree: str) -> tuple | None:
+    """The stat of every configuration file git reads for the repo (its
+    config and config.worktree, the global and the system one): equal stamps,
+    equal configuration.  None when there is no telling: the git dir is not
+    found, or a file includes others (``[include]``/``[includeIf]``) or is
+    set through the environment."""
+    dirs = git_dirs(worktree)
+    if dirs is None or any(k in os.environ for k in
+                           ("GIT_CONFIG", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM",
+                            "GIT_CONFIG_COUNT", "GIT_CONFIG_PARAMETERS", "GIT_DIR")):
+        return None
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    files = (os.path.join(dirs[1], "config"), os.path.join(dirs[0], "config.worktree"),
+             os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"),
+             "/etc/gitconfig")
+    stamp = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            stamp.append(None)
+            continue
+        except OSError:
+            return None
+        stamp.append((path, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(stamp)
+
+
+def includes_others(stamp: tuple) -> bool:
+    """True when a configuration file of ``stamp`` has an include section
+    (what it includes is not in the stamp)."""
+    for entry in stamp:
+        if entry is None:
+            continue
+        try:
+            with open(entry[0], encoding="utf-8", errors="replace") as fh:
+                if "include" in fh.read().lower():
+                    return True
+        except OSError:
+            return True
+    return False
