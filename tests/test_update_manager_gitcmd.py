@@ -72,7 +72,8 @@ def test_run_git_spawned(tmp_path):
 REFRESH_SCRIPT = textwrap.dedent("""\
     from gevent import monkey
     monkey.patch_all()
-    import os, subprocess, sys
+    import faulthandler, os, subprocess, sys
+    faulthandler.dump_traceback_later(100, exit=True)  # a hang shows where
     sys.path.insert(0, %(root)r)
     from moonflask.components.update_manager import git_deploy
     from moonflask.components.update_manager.git_deploy import GitRepo
