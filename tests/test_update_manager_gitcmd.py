@@ -51,6 +51,9 @@ SCRIPT = textwrap.dedent("""\
     assert _read_only(["-C", repo, "log", "-1"]) and not _read_only(["-C", repo, "fetch"])
     assert not _read_only(["-C", repo, "remote", "set-url", "o", "x"])
     assert _read_only(["-C", repo, "remote", "-v"]) and not _read_only(["clone", "a", "b"])
+    assert _read_only(["-C", repo, "--no-optional-locks", "status"])
+    assert not _read_only(["-C", repo, "status"])
+    assert _read_only(["-C", repo, "-c", "core.commitGraph=false", "fsck"])
     print("ok")
 """)
 

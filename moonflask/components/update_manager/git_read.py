@@ -42,9 +42,13 @@ def _v1_path(path: str) -> str:
 
 
 def read_status(git: Git) -> LocalState:
-    """One ``git status --porcelain=v2 --branch``.  Raises GitError."""
+    """One ``git status --porcelain=v2 --branch``, without the optional index
+    refresh (``--no-optional-locks``: a background refresh takes no
+    ``index.lock`` that a user's own git command, or an update, would find
+    in its way; and the command only reads).  Raises GitError."""
     st = LocalState()
-    for ln in git("status", "--porcelain=v2", "--branch").splitlines():
+    for ln in git("--no-optional-locks", "status", "--porcelain=v2",
+                  "--branch").splitlines():
         if ln.startswith("# branch.oid "):
             st.oid = ln[13:].strip()
         elif ln.startswith("# branch.head "):
