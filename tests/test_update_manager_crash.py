@@ -217,6 +217,52 @@ def test_corrupt_repo_recover_hard(start_server, base):
     assert not os.path.exists(path + ".mf-recover") and not os.path.exists(path + ".mf-backup")
 
 
+def _refresh(srv, name: str = "ext") -> dict:
+    res = srv.result("POST", "/machine/update/refresh", json={"name": name}, timeout=120)
+    return res["version_info"][name]
+
+
+def test_corruption_after_a_clean_refresh_is_found(start_server, base):
+    """A refresh runs git fsck only when the object store changed since the
+    last clean check: an object file truncated while moonflask runs (after
+    clean refreshes that skipped fsck) is still reported corrupt by the next
+    refresh, a loose object as a pack."""
+    origin = Origin(os.path.join(base, "o"))
+    origin.commit(tag="v0.1.0")
+    path = os.path.join(base, "ext")
+    git(base, "clone", "-q", "--no-local", origin.url, path)  # objects in a pack
+    srv = start_server(config=um_config(ext_section("ext", path, origin.url)),
+                       data_path=os.path.join(base, "data"))
+    wait_initialized(srv)
+    assert not status(srv, "ext")["corrupt"]
+    newest = origin.commit({"data.txt": "payload " * 500})
+    st = _refresh(srv)  # fetches the new commit as loose objects
+    assert st["remote_hash"] == newest and not st["corrupt"]
+    assert not _refresh(srv)["corrupt"]  # nothing changed
+    blob = git(path, "rev-parse", f"{newest}:data.txt").strip()
+    obj = os.path.join(path, ".git", "objects", blob[:2], blob[2:])
+    os.chmod(obj, 0o644)
+    with open(obj, "r+b") as fh:
+        fh.truncate(10)
+    st = _refresh(srv)
+    assert st["corrupt"] and not st["is_valid"], st
+    assert any("corrupt" in w for w in st["warnings"])
+    assert _refresh(srv)["corrupt"]  # still, at every refresh
+    assert srv.result("POST", "/machine/update/recover", json={"name": "ext", "hard": True},
+                      timeout=120) == "ok"
+    assert not status(srv, "ext")["corrupt"] and fsck_clean(path)
+    git(path, "repack", "-q", "-a", "-d")  # a pack of its own (the clone hard-links origin's)
+    assert not _refresh(srv)["corrupt"]
+    assert not _refresh(srv)["corrupt"]
+    packs = glob.glob(os.path.join(path, ".git", "objects", "pack", "*.pack"))
+    assert packs
+    for pack in packs:
+        os.chmod(pack, 0o644)
+        with open(pack, "r+b") as fh:
+            fh.truncate(os.path.getsize(pack) // 2)
+    assert _refresh(srv)["corrupt"]
+
+
 @pytest.mark.skipif(not os.path.exists(SUPERVISORD), reason="supervisor is not installed")
 def test_service_failure_rolls_back(start_server, base):
     origin = Origin(os.path.join(base, "o"))

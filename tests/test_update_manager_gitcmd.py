@@ -51,6 +51,9 @@ SCRIPT = textwrap.dedent("""\
     assert _read_only(["-C", repo, "log", "-1"]) and not _read_only(["-C", repo, "fetch"])
     assert not _read_only(["-C", repo, "remote", "set-url", "o", "x"])
     assert _read_only(["-C", repo, "remote", "-v"]) and not _read_only(["clone", "a", "b"])
+    assert _read_only(["-C", repo, "--no-optional-locks", "status"])
+    assert not _read_only(["-C", repo, "status"])
+    assert _read_only(["-C", repo, "-c", "core.commitGraph=false", "fsck"])
     print("ok")
 """)
 
@@ -67,3 +70,103 @@ def test_run_git_spawned(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+REFRESH_SCRIPT = textwrap.dedent("""\
+    from gevent import monkey
+    monkey.patch_all()
+    import faulthandler, os, subprocess, sys
+    faulthandler.dump_traceback_later(100, exit=True)  # a hang shows where
+    sys.path.insert(0, %(root)r)
+    from moonflask.components.update_manager import git_deploy
+    from moonflask.components.update_manager.git_deploy import GitRepo
+    from moonflask.components.update_manager.git_files import read_ref
+    from moonflask.components.update_manager.journal import Journal
+    path, url, data = %(path)r, %(url)r, %(data)r
+
+    def git(*args):
+        return subprocess.run(["git", "-C", path, *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    class Server:
+        debug = False
+
+    class Manager:
+        server = Server()
+        journal = Journal(data)
+        refresh_interval = 672
+
+    git_deploy.MAX_LOG = 3  # both ways of git_read.compare: one log (< 6 commits), and the long one
+    repo = GitRepo(Manager(), "ext", None, path, {"origin": url})
+    for behind_n in (2, 9):  # origin has 2 (then 9) commits the local branch lacks
+        if behind_n == 9:
+            for i in range(7):
+                subprocess.run(["git", "-C", %(author)r, "commit", "-q", "--allow-empty",
+                                "-m", f"more {i}"], check=True)
+            subprocess.run(["git", "-C", %(author)r, "push", "-q", "origin", "master"],
+                           check=True)
+        repo.refresh()
+        remote = git("rev-parse", "origin/master").strip()
+        assert repo.remote_hash == remote and repo.current_hash == git("rev-parse", "HEAD").strip()
+        ahead, behind = (int(c) for c in git("rev-list", "--left-right", "--count",
+                                               f"HEAD...{remote}").split())
+        assert (ahead, behind) == (1, behind_n), (ahead, behind)
+        assert repo.commits_behind_count == behind
+        want = git("log", "--format=%%H", "--max-count=3", f"HEAD..{remote}").split()
+        assert [c["sha"] for c in repo.commits_behind] == want, (repo.commits_behind, want)
+        assert any("local commits" in a for a in repo.anomalies), repo.anomalies
+        # the dirty files named as porcelain v1 names them (renames, quoting)
+        v1 = git("status", "--porcelain").splitlines()
+        modified = [ln[3:] for ln in v1 if not ln.startswith("??")]
+        untracked = [ln[3:] for ln in v1 if ln.startswith("??")]
+        assert repo.warnings == ["Repo is dirty.  Detected the following modified files: "
+                                 f"{modified}"], (repo.warnings, modified)
+        assert f"Repo has untracked source files: {untracked}" in repo.anomalies
+        assert repo.full_version.endswith("-dirty") and repo.is_dirty and not repo.pristine
+        assert not repo.corrupt
+    # refs read from their files, loose or packed, as git reads them
+    assert read_ref(path, "refs/remotes/origin/master") == remote
+    git("pack-refs", "--all")
+    assert read_ref(path, "refs/remotes/origin/master") == remote
+    assert read_ref(path, "refs/remotes/origin/nothing") is None
+    # the remote list follows a changed configuration
+    git("remote", "set-url", "origin", url + "/")
+    repo.refresh()
+    assert repo.remote_url == url + "/", repo.remote_url
+    print("ok")
+""")
+
+
+def test_refresh_reads_as_git(tmp_path):
+    """A refresh's merged and cached reads (one status, one describe, one
+    log for both sides, refs read from their files, the remote list kept
+    while the configuration is unchanged) give what git's own commands say."""
+    env = dict(os.environ, GIT_AUTHOR_NAME="T", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="T", GIT_COMMITTER_EMAIL="t@example.com")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], check=True, env=env, capture_output=True)
+    origin, author, path = (str(tmp_path / n) for n in ("origin.git", "author", "ext"))
+    git("init", "-q", "--bare", "-b", "master", origin)
+    git("clone", "-q", origin, author)
+    for name in ("a.txt", "b c.txt", "d.txt"):
+        (tmp_path / "author" / name).write_text(name)
+    git("-C", author, "add", "-A")
+    git("-C", author, "commit", "-q", "-m", "one")
+    git("-C", author, "tag", "v0.1.0")
+    git("-C", author, "push", "-q", "--tags", "origin", "master")
+    git("clone", "-q", origin, path)
+    for i in range(2):
+        git("-C", author, "commit", "-q", "--allow-empty", "-m", f"upstream {i}")
+    git("-C", author, "push", "-q", "origin", "master")
+    git("-C", path, "commit", "-q", "--allow-empty", "-m", "local")
+    git("-C", path, "mv", "a.txt", "renamed.txt")
+    (tmp_path / "ext" / "b c.txt").write_text("changed")
+    os.unlink(tmp_path / "ext" / "d.txt")
+    (tmp_path / "ext" / "new file.txt").write_text("untracked")
+    script = tmp_path / "refresh.py"
+    script.write_text(REFRESH_SCRIPT % {"root": ROOT, "path": path, "url": origin,
+                                        "author": author, "data": str(tmp_path / "data")})
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

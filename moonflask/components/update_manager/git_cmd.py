@@ -174,9 +174,16 @@ def _read_only(args: list[str]) -> bool:
     """True when ``git ARGS`` (after ``-C PATH``) only reads."""
     if args[:1] == ["-C"]:
         args = args[2:]
+    while args[:1] == ["-c"]:  # configuration of this command only
+        args = args[2:]
+    no_locks = args[:1] == ["--no-optional-locks"]
+    if no_locks:
+        args = args[1:]
     if not args:
         return False
     cmd, rest = args[0], args[1:]
+    if cmd == "status":  # writes the refreshed index, unless told not to
+        return no_locks
     if cmd in _READ_ONLY:
         return not (cmd == "fsck" and "--lost-found" in rest)
     if cmd == "config":

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any
 
 import gevent
@@ -27,6 +28,9 @@ import gevent
 from . import journal as jn
 from .base import BaseUpdater, Reporter, UpdateError
 from .git_cmd import GitError, run_git
+from .git_files import (Fingerprint, FsckGate, config_stamp, fingerprint, includes_others,
+                        read_ref, run_fsck)
+from .git_read import commits_behind, compare, read_status
 from .git_recover import clear_stale_locks, hard_recover, resume_hard_recover
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ TAG_RE = re.compile(r"^v\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
 STABLE_TAG_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 MAX_UNTAGGED = 30   # commits_behind: at most this many untagged commits
 MAX_LOG = 100       # ... within this many commits
+GC_LOOSE_QUIET = 1000  # fewer loose objects than this, and
+GC_PACKS_QUIET = 20    # fewer packs: the refresh's fetch skips git's auto-gc
 
 
 def _semver_key(tag: str) -> tuple:
@@ -115,6 +121,8 @@ class GitRepo(BaseUpdater):
             self.managed_services = list(d.get("managed_services", [name] if is_service
                                                else []))
         self.not_git_reason: str | None = d.get("not_git_reason")
+        self._fsck_gate = FsckGate()
+        self._remotes_cache: tuple[tuple, str] | None = None  # (config stamp, remote -v)
         self._reset_status()
 
     # -- status -------------------------------------------------------------
@@ -138,6 +146,8 @@ class GitRepo(BaseUpdater):
         self.warnings: list[str] = []
         self.anomalies: list[str] = []
         self.target: str | None = None
+        self._upstream = ""       # the branch's upstream as git status names it
+        self._remote_ok = False   # the remote's side was read to the end
 
     def _git(self, *args: str, **kw: Any) -> str:
         assert self.path is not None
@@ -171,33 +181,61 @@ class GitRepo(BaseUpdater):
                                  f"{self.path} is not a git repository")
             return
         self.repo_detected = True
-        # git fsck reads every object (the longest command of a refresh on a
-        # big repo) and changes nothing: it runs alongside the other reads.
-        fsck = gevent.spawn(self._fsck_ok)
+        # git fsck reads every object (the longest command of a refresh) and
+        # changes nothing: it runs alongside the other reads, and only when
+        # the object store changed since the last clean check (git_files.py).
+        before = self._fingerprint()
+        fsck = None
+        started = None
+        if self._fsck_gate.needed(before):
+            started = time.monotonic()
+            fsck = gevent.spawn(self._fsck_ok)
+        ok = False
         try:
             self._read_local()
-            self._read_remote()
+            try:
+                self._read_remote(before)
+            except GitError:
+                self._describe()  # the local version, whatever the remote did
+                raise
+            self._describe()
+            if self._remote_ok and self.version == "?" and self.channel != "dev":
+                self.warnings.append("No valid tag found: the stable and beta channels "
+                                     "need a vX.Y.Z tag")
+            ok = True
         finally:
-            self.corrupt = not fsck.get()
+            self.corrupt = fsck is not None and not fsck.get()
             if self.corrupt:
                 self.warnings.insert(0, "Repo is corrupt: git fsck reported errors; "
                                         "a hard recovery is required")
+            # a failed git command with fsck skipped: check next time
+            self._fsck_gate.done(before, self._fingerprint(),
+                                 not self.corrupt and (ok or fsck is not None), started)
+
+    def _fingerprint(self) -> Fingerprint | None:
+        """The stat fingerprint of the repo (git_files.py), taken in the
+        threadpool (a repo with thousands of loose objects takes a few ms)."""
+        assert self.path is not None
+        try:
+            return gevent.get_hub().threadpool.apply(fingerprint, (self.path,))
+        except Exception:  # noqa: BLE001 (no fingerprint: fsck runs)
+            log.exception("Git Repo %s: fingerprint failed", self.name)
+            return None
 
     def _fsck_ok(self) -> bool:
-        try:
-            self._git("fsck", "--no-dangling", "--no-progress", timeout=300)
-            return True
-        except GitError as err:
-            self.git_messages.append(err.output.strip()[-2000:])
-            return False
+        assert self.path is not None
+        ok, output = run_fsck(self.path)
+        if not ok:
+            self.git_messages.append(output)
+        return ok
 
     def _read_local(self) -> None:
-        status = self._git("status", "--porcelain", "-b")
-        lines = status.splitlines()
-        head = lines[0][3:] if lines and lines[0].startswith("## ") else ""
-        self.detached = head.startswith("HEAD (no branch)")
-        modified = [ln[3:] for ln in lines[1:] if ln and not ln.startswith("??")]
-        untracked = [ln[3:] for ln in lines[1:] if ln.startswith("??")]
+        """Branch, HEAD, dirty and untracked files: one ``git status``
+        (porcelain v2, whose header names HEAD's commit and the upstream)."""
+        st = read_status(self._git)
+        head, oid, modified, untracked = st.head, st.oid, st.modified, st.untracked
+        self._upstream = st.upstream
+        self.detached = head == "(detached)"
         self.is_dirty = bool(modified)
         self.pristine = not modified and not untracked
         if self.detached:
@@ -205,34 +243,52 @@ class GitRepo(BaseUpdater):
             msg = "Detached HEAD detected"
             (self.anomalies if self.server.debug else self.warnings).append(msg)
         else:
-            self.branch = head.split("...")[0].split(" ")[0]
-            if self.branch.startswith("No commits yet on "):
-                self.branch = self.branch[len("No commits yet on "):]
-            self.remote_alias = self._git("config", "--get", f"branch.{self.branch}.remote",
-                                          ok_codes=(0, 1)).strip() or "origin"
+            self.branch = head
         if modified:
             self.warnings.append("Repo is dirty.  Detected the following modified "
                                  f"files: {modified}")
         if untracked:
             self.anomalies.append(f"Repo has untracked source files: {untracked}")
-        self.current_hash = self._git("rev-parse", "HEAD").strip()
-        self.full_version = self._git("describe", "--always", "--tags", "--long", "--dirty",
-                                      "--abbrev=8").strip()
+        # "(initial)": no commit yet, rev-parse says so (a git error)
+        self.current_hash = oid if re.fullmatch(r"[0-9a-f]{40,64}", oid) else \
+            self._git("rev-parse", "HEAD").strip()
+
+    def _describe(self) -> None:
+        """``version``/``full_version_string`` of HEAD and ``remote_version``
+        of the target (when known) from one ``git describe``; ``-dirty`` as
+        ``describe --dirty`` would add it (tracked files modified), which
+        git refuses to combine with commit names."""
+        if self.current_hash == "?":
+            return
+        commits = [self.current_hash]
+        if self.remote_hash not in ("?", self.current_hash):
+            commits.append(self.remote_hash)
+        lines = self._git("describe", "--always", "--tags", "--long", "--abbrev=8",
+                          *commits).split()
+        if not lines:
+            return
+        self.full_version = lines[0] + ("-dirty" if self.is_dirty else "")
         self.version = self._short_version(self.full_version)
+        if self.remote_hash != "?":
+            self.remote_version = self._short_version(lines[-1])
 
     @staticmethod
     def _short_version(described: str) -> str:
         match = re.match(r"^(.*)-(\d+)-g[0-9a-f]+(?:-dirty)?$", described)
         return f"{match.group(1)}-{match.group(2)}" if match else "?"
 
-    def _read_remote(self) -> None:
+    def _read_remote(self, fp: Fingerprint | None) -> None:
+        """Fetch and read the remote's side: url, target, commits behind
+        (``fp``: the repo's fingerprint, for the fetch's auto-gc)."""
         # names and fetch urls (insteadOf applied, as get-url) in one command
         fetch_urls: dict[str, str] = {}
-        for line in self._git("remote", "-v").splitlines():
+        for line in self._remotes().splitlines():
             parts = line.rsplit(" ", 1)[0].split("\t", 1)
             if len(parts) == 2 and line.endswith(" (fetch)"):
                 fetch_urls.setdefault(parts[0], parts[1])
         remotes = list(fetch_urls)
+        if not self.detached:
+            self.remote_alias = self._branch_remote(remotes)
         if self.remote_alias not in remotes:
             if not remotes:
                 self.warnings.append("No git remote configured")
@@ -252,10 +308,12 @@ class GitRepo(BaseUpdater):
         if not self.detached and detected != expected:
             self.anomalies.append("Repo not on official remote/branch, expected: "
                                   f"{expected}, detected: {detected}")
-        self._git("fetch", self.remote_alias, "--prune", "--progress", timeout=300)
+        self._git("fetch", *self._fetch_opts(fp), self.remote_alias, "--prune", timeout=300)
         track = f"{self.remote_alias}/{self.branch if not self.detached else self.primary_branch}"
-        ok = self._git("rev-parse", "--verify", "--quiet", f"refs/remotes/{track}",
-                       ok_codes=(0, 1)).strip()
+        ok = read_ref(self.path or "", f"refs/remotes/{track}") if fp is not None else None
+        if ok is None:  # not a plain ref file, or not found: git says
+            ok = self._git("rev-parse", "--verify", "--quiet", f"refs/remotes/{track}",
+                           ok_codes=(0, 1)).strip()
         if not ok:
             self.warnings.append(f"Remote branch {track} not found")
             return
@@ -266,23 +324,48 @@ class GitRepo(BaseUpdater):
             self.remote_hash = ok  # the branch's commit, verified above
         else:
             self.remote_hash = self._git("rev-parse", f"{self.target}^{{commit}}").strip()
-        described = self._git("describe", self.remote_hash, "--always", "--tags", "--long",
-                              "--abbrev=8").strip()
-        self.remote_version = self._short_version(described)
-        ahead = behind = 0
-        if self.remote_hash != self.current_hash:
-            # one walk for both: commits of HEAD not in the target (local
-            # commits: HEAD is not its ancestor) and of the target not in HEAD
-            counts = self._git("rev-list", "--left-right", "--count",
-                               f"{self.current_hash}...{self.remote_hash}").split()
-            ahead, behind = (int(c) for c in counts) if len(counts) == 2 else (0, 0)
+        ahead, behind, entries = compare(self._git, self.current_hash, self.remote_hash,
+                                         MAX_LOG)
         if self.target != "HEAD" and ahead:
             self.anomalies.append(f"Repo has local commits not on {track}: an update "
                                   "needs a soft recovery first")
-        if self.version == "?" and self.channel != "dev":
-            self.warnings.append("No valid tag found: the stable and beta channels need "
-                                 "a vX.Y.Z tag")
-        self._read_commits_behind(behind)
+        self._remote_ok = True  # (the "No valid tag" check follows the describe)
+        self._read_commits_behind(behind, entries)
+
+    def _remotes(self) -> str:
+        """``git remote -v``; the last answer again while no configuration
+        file git reads changed (git_files.config_stamp)."""
+        stamp = config_stamp(self.path or "")
+        if stamp is not None and self._remotes_cache is not None \
+                and self._remotes_cache[0] == stamp:
+            return self._remotes_cache[1]
+        out = self._git("remote", "-v")
+        self._remotes_cache = None if stamp is None or includes_others(stamp) else \
+            (stamp, out)
+        return out
+
+    def _branch_remote(self, remotes: list[str]) -> str:
+        """The remote the branch tracks: the one its upstream (from
+        ``status``) is a ref of, else ``branch.NAME.remote``, else origin."""
+        named = [r for r in remotes if self._upstream.startswith(r + "/")]
+        if named:
+            return max(named, key=len)
+        return self._git("config", "--get", f"branch.{self.branch}.remote",
+                         ok_codes=(0, 1)).strip() or "origin"
+
+    @staticmethod
+    def _fetch_opts(fp: Fingerprint | None) -> list[str]:
+        """Options of the refresh's fetch.  FETCH_HEAD is not written (no
+        moonflask command reads it).  ``git maintenance run --auto`` (one
+        more process per fetch) is skipped while the repo holds far fewer
+        loose objects and packs than git's own auto-gc limits (``gc.auto``
+        6700, ``gc.autoPackLimit`` 50): it would find nothing to do; past
+        them the fetch runs it as usual.  The fetch keeps ``core.fsync=all``
+        (run_git): its objects are on disk before its refs name them."""
+        opts = ["--no-write-fetch-head"]
+        if fp is not None and fp.loose < GC_LOOSE_QUIET and fp.packs < GC_PACKS_QUIET:
+            opts.append("--no-auto-gc")
+        return opts
 
     def _select_target(self, track: str) -> str | None:
         if self.pinned_commit:
@@ -320,32 +403,13 @@ class GitRepo(BaseUpdater):
         except GitError:
             return False
 
-    def _read_commits_behind(self, behind: int) -> None:
-        """The commits of ``HEAD..remote_hash`` (``behind`` of them)."""
+    def _read_commits_behind(self, behind: int, entries: list[list[str]]) -> None:
+        """``commits_behind`` from the log ``entries`` of HEAD..remote_hash
+        (``behind`` commits in all)."""
         if self.remote_hash == self.current_hash or not behind:
             return
         self.commits_behind_count = behind
-        # %D with only the tags decorating: each commit's tag names (annotated
-        # tags peeled), in the same command as the log
-        raw = self._git("log", f"HEAD..{self.remote_hash}", f"--max-count={MAX_LOG}",
-                        "--decorate-refs=refs/tags/",
-                        "--format=%H%x1D%an%x1D%ct%x1D%s%x1D%b%x1D%D%x1E")
-        untagged = 0
-        for entry in raw.split("\x1e"):
-            fields = entry.strip("\n").split("\x1d")
-            if len(fields) != 6:
-                continue
-            sha, author, date, subject, body, decorations = fields
-            names = [d.strip()[5:] for d in decorations.split(",")
-                     if d.strip().startswith("tag: ")]
-            tag = min(names) if names else None  # the first in refname order
-            if tag is None:
-                untagged += 1
-                if untagged > MAX_UNTAGGED:
-                    continue
-            self.commits_behind.append({"sha": sha, "author": author, "date": date,
-                                        "subject": subject, "message": body.strip(),
-                                        "tag": tag})
+        self.commits_behind = commits_behind(entries, MAX_UNTAGGED)
 
     def rollback_info(self) -> tuple[str | None, str]:
         """``(rollback_hash, rollback_version)``; before any update: the current."""
