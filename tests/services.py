@@ -65,20 +65,35 @@ def ctl_status(conf: str) -> dict[str, tuple[str, int | None]]:
     return res
 
 
-@contextmanager
-def supervisord(sdir: str, programs: dict[str, str]) -> Iterator[str]:
-    """Run a supervisord in ``sdir`` with ``programs`` (name -> extra option
-    lines), each a ``sleep``; yields its config path once every program is
-    RUNNING (15 s at most, else the test fails), stops it afterwards."""
+def write_supervisor_conf(sdir: str, programs: dict[str, str]) -> str:
+    """Write ``SDIR/supervisord.conf`` running ``programs`` (name -> option
+    lines; without a ``command=`` line the program is a ``sleep`` that counts
+    as started at once); returns its path."""
     os.makedirs(sdir, exist_ok=True)
     conf = os.path.join(sdir, "supervisord.conf")
     text = _SUPERVISOR_CONF.format(dir=sdir)
-    for name, extra in programs.items():
-        text += f"\n[program:{name}]\ncommand=/bin/sleep 100000\nstartsecs=0\n{extra}"
+    for name, options in programs.items():
+        if "command=" not in options:
+            options = "command=/bin/sleep 100000\nstartsecs=0\n" + options
+        text += f"\n[program:{name}]\n{options}"
     with open(conf, "w") as fh:
         fh.write(text)
-    proc = subprocess.Popen([SUPERVISORD, "-c", conf], stdout=subprocess.DEVNULL,
+    return conf
+
+
+def start_supervisord(conf: str) -> subprocess.Popen:
+    """Start supervisord on ``conf`` (stop it with :func:`stop_process`)."""
+    return subprocess.Popen([SUPERVISORD, "-c", conf], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+@contextmanager
+def supervisord(sdir: str, programs: dict[str, str]) -> Iterator[str]:
+    """Run a supervisord in ``sdir`` with ``programs`` (as
+    :func:`write_supervisor_conf`); yields its config path once every program
+    is RUNNING (15 s at most, else the test fails), stops it afterwards."""
+    conf = write_supervisor_conf(sdir, programs)
+    proc = start_supervisord(conf)
     try:
         deadline = time.monotonic() + 15
         while True:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
 import requests
+
+import services
+from services import SUPERVISORD  # noqa: F401  (re-exported for the tests)
 
 GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="Test Author", GIT_AUTHOR_EMAIL="t@example.com",
                GIT_COMMITTER_NAME="Test Author", GIT_COMMITTER_EMAIL="t@example.com",
@@ -133,27 +134,7 @@ def update_messages(ws: Any, timeout: float = 60.0) -> list[dict]:
             return out
 
 
-BIN = os.path.dirname(sys.executable)
-SUPERVISORD = os.path.join(BIN, "supervisord")
-SUPERVISORCTL = os.path.join(BIN, "supervisorctl")
-
-SV_CONF = """\
-[unix_http_server]
-file={dir}/supervisor.sock
-
-[supervisord]
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}
-nodaemon=true
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{dir}/supervisor.sock
-
-[program:{name}]
+PROGRAM = """\
 command=/bin/sh {path}/run.sh
 startsecs=1
 startretries=0
@@ -168,11 +149,8 @@ class Supervisord:
     def __init__(self, folder: str, name: str, path: str) -> None:
         os.makedirs(folder)
         self.folder = folder
-        self.conf = os.path.join(folder, "supervisord.conf")
-        with open(self.conf, "w") as fh:
-            fh.write(SV_CONF.format(dir=folder, name=name, path=path))
-        self.proc = subprocess.Popen([SUPERVISORD, "-c", self.conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.conf = services.write_supervisor_conf(folder, {name: PROGRAM.format(path=path)})
+        self.proc = services.start_supervisord(self.conf)
         deadline = time.monotonic() + 20
         while not self.running(name):
             if time.monotonic() > deadline:
@@ -182,16 +160,9 @@ class Supervisord:
 
     def running(self, name: str) -> bool:
         """True when supervisorctl reports ``name`` RUNNING."""
-        out = subprocess.run([SUPERVISORCTL, "-c", self.conf, "status", name],
-                             capture_output=True, text=True).stdout
-        return "RUNNING" in out
+        return services.ctl_status(self.conf).get(name, ("",))[0] == "RUNNING"
 
     def stop(self) -> None:
         """Stop supervisord and its programs; remove the folder."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        services.stop_process(self.proc)
         shutil.rmtree(self.folder, ignore_errors=True)
