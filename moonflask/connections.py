@@ -265,6 +265,60 @@ class Connection:
         """Close the underlying socket (subclasses)."""
 
 
+OP_TEXT, OP_BINARY, OP_PING, OP_PONG = 0x1, 0x2, 0x9, 0xA
+SIMPLE_FRAME_MAX = 65535        # bytes: a longer payload is wsproto's to read
+
+
+def split_simple_frames(data: bytes) -> tuple[list[tuple[int, Any]], int, bool]:
+    """Read the client frames at the start of ``data`` that need no state
+    (RFC 6455 section 5): masked, final, no RSV bit, a text (valid UTF-8),
+    binary, ping or pong frame with a minimally encoded length of at most
+    SIMPLE_FRAME_MAX bytes.  Nearly every frame of a client without
+    permessage-deflate is one, and reading them here costs a fraction of
+    wsproto's pure-Python parser (unmasking included).
+
+    Returns ``(frames, used, simple)``: ``frames`` as ``(opcode, payload)``
+    (text as ``str``), ``used`` the bytes they took; ``simple`` False when
+    the frame at ``used`` is any other kind (fragment, close, extension,
+    unmasked, invalid UTF-8, long, malformed): from there on, wsproto reads
+    the connection (its parser then starts at a frame boundary, at a message
+    boundary).  With ``simple`` True, ``data[used:]`` is the start of an
+    incomplete frame."""
+    frames: list[tuple[int, Any]] = []
+    pos, end = 0, len(data)
+    while end - pos >= 2:
+        b0, b1 = data[pos], data[pos + 1]
+        opcode, length = b0 & 0x0F, b1 & 0x7F
+        if b0 & 0xF0 != 0x80 or not b1 & 0x80 or opcode not in (OP_TEXT, OP_BINARY,
+                                                               OP_PING, OP_PONG):
+            return frames, pos, False
+        head = pos + 2
+        if length == 127 or (length == 126 and opcode >= OP_PING):
+            return frames, pos, False
+        if length == 126:
+            if end - pos < 4:
+                break
+            length = int.from_bytes(data[head:head + 2], "big")
+            if length < 126:             # not minimal: wsproto refuses it
+                return frames, pos, False
+            head += 2
+        start = head + 4
+        if end < start + length:
+            break
+        n = length
+        payload = (int.from_bytes(data[start:start + n], "big")
+                   ^ int.from_bytes((data[head:start] * (n // 4 + 1))[:n], "big")
+                   ).to_bytes(n, "big")
+        if opcode == OP_TEXT:
+            try:
+                payload = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return frames, pos, False
+        frames.append((opcode, payload))
+        pos = start + n
+    return frames, pos, True
+
+
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, final websocket text frame carrying ``payload`` (RFC 6455
     section 5.2: what a server sends, with no extension)."""
@@ -316,11 +370,29 @@ class WebsocketConnection(Connection):
         sock.settimeout(None)     # gunicorn leaves its keep-alive timeout on the socket
         pinger = gevent.spawn(self._ping_loop, ping_interval)
         partial: list[Any] = []
+        simple = not self.deflate   # frames read by split_simple_frames until one is not
+        pending = b""
         try:
             while not self.closed:
                 data = sock.recv(RECEIVE_BYTES)
                 if not data:
                     break
+                if simple:
+                    if pending:
+                        data = pending + data
+                    frames, used, simple = split_simple_frames(data)
+                    for opcode, payload in frames:
+                        if opcode == OP_PONG:
+                            ws.pong_received = True
+                        elif opcode == OP_PING:
+                            with self._write_lock:
+                                sock.sendall(bytes((0x8A, len(payload))) + payload)
+                        else:
+                            self.handle_frame(payload)
+                    if simple:
+                        pending = data[used:]
+                        continue
+                    data = data[used:]     # from a frame boundary on, wsproto reads it all
                 proto.receive_data(data)
                 for event in proto.events():
                     if isinstance(event, (TextMessage, BytesMessage)):
@@ -385,9 +457,14 @@ class WebsocketConnection(Connection):
         ws = self.ws
         if not ws.connected:
             raise ConnectionError("websocket closed")
-        encode = ws.ws.send
-        ws.sock.sendall(b"".join([t if isinstance(t, bytes) else encode(TextMessage(data=t))
-                                  for t in texts]))
+        if self.deflate:
+            encode = ws.ws.send
+            data = b"".join([t if isinstance(t, bytes) else encode(TextMessage(data=t))
+                             for t in texts])
+        else:
+            data = b"".join([t if isinstance(t, bytes) else text_frame(t.encode())
+                             for t in texts])
+        ws.sock.sendall(data)
 
     def wire_form(self, text: str, shared: dict[str, bytes] | None = None) -> bytes:
         """A websocket text frame; the same frame serves every connection

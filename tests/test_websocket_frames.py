@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import sys
 
 import websocket
@@ -134,3 +135,51 @@ def test_broadcast_reaches_every_client_in_order(server):
                     seen.append(text.split("order-")[1])
         assert seen == ["0", "1", "2", "3", "4"]
         ws.close()
+
+
+def _client_frame(data, opcode=ABNF.OPCODE_TEXT, fin=1) -> bytes:
+    """A masked client frame, as websocket-client encodes it."""
+    return ABNF.create_frame(data, opcode, fin=fin).format()
+
+
+def test_split_simple_frames_matches_the_encoding():
+    from moonflask.connections import split_simple_frames
+
+    texts = ["", "a", "é" * 60, "x" * 125, "y" * 126, "z" * 65535]
+    data = b"".join(_client_frame(t) for t in texts) + _client_frame(b"\x00\xff", ABNF.OPCODE_BINARY)
+    data += _client_frame(b"hi", ABNF.OPCODE_PING) + _client_frame(b"", ABNF.OPCODE_PONG)
+    frames, used, simple = split_simple_frames(data)
+    assert simple and used == len(data)
+    assert frames == [(1, t) for t in texts] + [(2, b"\x00\xff"), (9, b"hi"), (10, b"")]
+    # an incomplete frame is left for the next read, at every cut
+    one = _client_frame("w" * 300)
+    for cut in range(len(one)):
+        assert split_simple_frames(one[:cut]) == ([], 0, True)
+    # what is not simple is left to wsproto, from its first byte
+    others = (_client_frame("q" * 65536),                  # a 64-bit length
+              _client_frame("part", fin=0),               # a fragment
+              _client_frame(b"\x03\xe8", ABNF.OPCODE_CLOSE),
+              _client_frame(b"\xff\xfe", ABNF.OPCODE_TEXT),  # text that is not UTF-8
+              b"\x81\x05hello")                            # not masked
+    ok = _client_frame("ok")
+    for other in others:
+        assert split_simple_frames(ok + other) == ([(1, "ok")], len(ok), False)
+
+
+def test_frames_across_reads_and_a_long_frame(server):
+    ws = _connect(server)
+    req = json.dumps({"jsonrpc": "2.0", "method": "server.info", "id": 21}).encode()
+    frame = _client_frame(req.decode())
+    for i in range(len(frame)):                 # one byte per TCP write
+        ws.sock.sendall(frame[i:i + 1])
+        time.sleep(0.002)
+    assert _reply(ws, 21)["result"]["klippy_state"] == "ready"
+    # a frame longer than 64 KiB is read by wsproto, and so is all after it
+    big = json.dumps({"jsonrpc": "2.0", "method": "server.info",
+                      "params": {"pad": "p" * 70000}, "id": 22})
+    ws.send(big)
+    assert _reply(ws, 22)["result"]["klippy_state"] == "ready"
+    ws.send(json.dumps({"jsonrpc": "2.0", "method": "server.info", "id": 23}))
+    ws.ping(b"after")
+    assert _reply(ws, 23)["result"]["klippy_state"] == "ready"
+    ws.close()
