@@ -158,15 +158,19 @@ class Bench:
 def report(rows: list[tuple]) -> None:
     """Print ``(figure, moonflask, moonraker, higher_is_better[, target])``
     rows with the moonflask/Moonraker ratio and whether the target ratio is
-    met (``target``, 1.0 when not given: at least level with Moonraker)."""
+    met (``target``, 1.0 when not given: at least level with Moonraker;
+    None: no target, the figure is context)."""
     print(f"{'figure':<52}{'moonflask':>12}{'moonraker':>12}{'ratio':>8}  target")
     for name, ours, ref, higher, *rest in rows:
         target = rest[0] if rest else 1.0
         ratio = ours / ref if ref else float("inf")
-        ok = ratio >= target if higher else ratio <= target
         digits = 2 if max(abs(ours), abs(ref)) < 10 else 1
-        print(f"{name:<52}{ours:>12.{digits}f}{ref:>12.{digits}f}{ratio:>8.2f}  "
-              f"{'met' if ok else 'MISSED'} ({'>=' if higher else '<='} {target:g})")
+        line = f"{name:<52}{ours:>12.{digits}f}{ref:>12.{digits}f}{ratio:>8.2f}  "
+        if target is None:              # a figure shown for context, with no target
+            print(line + "(no target)")
+            continue
+        ok = ratio >= target if higher else ratio <= target
+        print(line + f"{'met' if ok else 'MISSED'} ({'>=' if higher else '<='} {target:g})")
 
 
 def measure_both(bench: Bench, fn: Callable[[ServerProc], float]) -> tuple[float, float]:
