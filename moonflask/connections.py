@@ -345,8 +345,9 @@ class NoReaderThread:
 
 class WebsocketConnection(Connection):
     """A client of ``/websocket``: simple-websocket's ``Server`` made the
-    handshake (with a :class:`NoReaderThread`); :meth:`serve` reads frames
-    with wsproto in the handler's greenlet."""
+    handshake (with a :class:`NoReaderThread`); :meth:`serve` reads frames in
+    the handler's greenlet, with :func:`split_simple_frames` while they are
+    simple and without permessage-deflate, else with wsproto."""
 
     transport = WEBSOCKET
 
