@@ -31,7 +31,9 @@ tests/test_http_fast.py checks each against the Flask path.
 """
 from __future__ import annotations
 
+import functools
 import logging
+from http import HTTPStatus
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
 
@@ -44,21 +46,15 @@ from .api import json_body_args, parse_query_args
 log = logging.getLogger(__name__)
 
 _JSON_HEADER = ("Content-Type", "application/json")
-_STATUS_TEXT = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized",
-                403: "403 Forbidden", 404: "404 Not Found", 405: "405 Method Not Allowed",
-                409: "409 Conflict", 500: "500 Internal Server Error",
-                503: "503 Service Unavailable", 507: "507 Insufficient Storage"}
 
 
+@functools.lru_cache(maxsize=32)
 def _status_line(code: int) -> str:
-    text = _STATUS_TEXT.get(code)
-    if text is None:
-        from http import HTTPStatus
-        try:
-            text = f"{code} {HTTPStatus(code).phrase}"
-        except ValueError:
-            text = f"{code} Unknown"
-    return text
+    """``"404 Not Found"``: the WSGI status line of ``code``."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Unknown"
 
 
 class HttpInfo:

@@ -54,15 +54,23 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 
 
 class FeedServer:
-    """Serves ``/FEED.xml`` from a dict; unknown feeds are 404; counts hits."""
+    """Serves ``/FEED.xml`` from a dict with an ETag (304 when the client's
+    If-None-Match matches); unknown feeds are 404; counts hits."""
 
     def __init__(self) -> None:
         self.feeds: dict[str, bytes] = {}
         self.hits: list[str] = []
+        self.not_modified: list[str] = []   # feeds answered 304 (conditional GET)
         srv = self
 
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                if self.path.startswith("/moved/"):      # a feed that moved
+                    self.send_response(301)
+                    self.send_header("Location", self.path[len("/moved"):])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 name = self.path.strip("/").removesuffix(".xml")
                 srv.hits.append(name)
                 body = srv.feeds.get(name)
@@ -71,7 +79,15 @@ class FeedServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                etag = f'"{len(body)}-{hash(body) & 0xffffffff:x}"'
+                if self.headers.get("If-None-Match") == etag:
+                    srv.not_modified.append(name)
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
                 self.send_response(200)
+                self.send_header("ETag", etag)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -140,10 +156,29 @@ def test_update_adds_and_prunes(srv, feeds):
     note = ws.wait_notification("notify_announcement_update")
     assert [e["entry_id"] for e in note["params"][0]["entries"]] == [
         e["entry_id"] for e in res["entries"]]
+    fetched = len(feeds.not_modified)
     again = srv.result("POST", "/server/announcements/update")
     assert again["modified"] is False
+    # the unchanged feed was asked conditionally (its ETag) and answered 304
+    assert "moonraker" in feeds.not_modified[fetched:]
+    assert sorted(e["entry_id"][-1] for e in again["entries"]) == ["2", "3"]
     assert shape_diff(reference("jobs_http_announcements.update")["body"]["result"],
                       dict(again, entries=[])) == []
+
+
+def test_fetch_follows_redirects_and_reports_failures(feeds):
+    """announcements.http_get (http.client, no requests) in this process."""
+    from moonflask.components.announcements import FeedError, http_get
+    status, headers, body = http_get(feeds.url + "/moved/moonraker.xml", {})
+    assert (status, body) == (200, feeds.feeds["moonraker"])
+    status, _h, _b = http_get(feeds.url + "/moonraker.xml",
+                              {"If-None-Match": headers["ETag"]})
+    assert status == 304
+    assert http_get(feeds.url + "/nothing.xml", {})[0] == 404
+    with pytest.raises(FeedError):
+        http_get("http://127.0.0.1:1/x.xml", {})       # nothing listens
+    with pytest.raises(FeedError):
+        http_get("ftp://example.invalid/x.xml", {})
 
 
 def test_unreachable_feed_is_not_fatal(srv, feeds):
